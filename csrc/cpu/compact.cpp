@@ -1,0 +1,111 @@
+// CPU compact / compact_varlen (DESIGN §3.3): whole-row copies (memcpy of the contiguous tail behind the
+// sequence dim), zero rows where index == -1.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstring>
+
+#include "../validate.h"
+
+namespace sdtp {
+namespace {
+
+int64_t prod(const at::Tensor& x, int64_t from, int64_t to) {
+  int64_t p = 1;
+  for (int64_t i = from; i < to; ++i) p *= x.size(i);
+  return p;
+}
+
+// A contiguous x viewed as [B, outer, N, row_bytes]: the rows that compact moves are row_bytes long.
+struct RowCopy {
+  const char* src;
+  int64_t outer, N, row_bytes;
+};
+
+void check_index_range(const at::Tensor& index, int64_t N, const char* op) {
+  if (index.numel() == 0) return;
+  const int64_t lo = index.min().item<int64_t>(), hi = index.max().item<int64_t>();
+  TORCH_CHECK_INDEX(lo >= -1 && hi < N, op, ": argument 'index' values must lie in [-1, ", N, "), got [", lo, ", ",
+                    hi, "]");
+}
+
+// Copies rows for one (b, o) pair: K destination rows from `idx`.
+inline void copy_rows(const RowCopy& c, int64_t b, int64_t o, const int64_t* idx, int64_t K, char* dst) {
+  const char* src = c.src + ((b * c.outer + o) * c.N) * c.row_bytes;
+  for (int64_t j = 0; j < K; ++j, dst += c.row_bytes) {
+    if (idx[j] < 0)
+      std::memset(dst, 0, c.row_bytes);
+    else
+      std::memcpy(dst, src + idx[j] * c.row_bytes, c.row_bytes);
+  }
+}
+
+at::Tensor compact_cpu(const at::Tensor& x_in, const at::Tensor& index_in, int64_t dim) {
+  const int64_t d = check_compact_inputs(x_in, index_in, dim, "sdtp.compact");
+  const auto x = x_in.contiguous();
+  const auto index = index_in.contiguous();
+  const int64_t B = x.size(0), N = x.size(d), K = index.size(1);
+  check_index_range(index, N, "sdtp.compact");
+  auto sizes = x.sizes().vec();
+  sizes[d] = K;
+  auto out = at::empty(sizes, x.options());
+  if (out.numel() == 0) return out;
+  const int64_t outer = prod(x, 1, d);
+  const RowCopy c{static_cast<const char*>(x.data_ptr()), outer, N, prod(x, d + 1, x.dim()) * x.element_size()};
+  char* dst = static_cast<char*>(out.data_ptr());
+  const int64_t* idx = index.data_ptr<int64_t>();
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, K * c.row_bytes));
+  at::parallel_for(0, B * outer, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t bo = begin; bo < end; ++bo) {
+      const int64_t b = bo / outer, o = bo % outer;
+      copy_rows(c, b, o, idx + b * K, K, dst + bo * K * c.row_bytes);
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, int64_t> compact_varlen_cpu(const at::Tensor& x_in, const at::Tensor& index_in) {
+  check_compact_inputs(x_in, index_in, 1, "sdtp.compact_varlen");
+  const auto x = x_in.contiguous();
+  const auto index = index_in.contiguous();
+  const int64_t B = x.size(0), N = x.size(1), K = index.size(1);
+  check_index_range(index, N, "sdtp.compact_varlen");
+  // Rows keep their non-negative entries in order; cu_seqlens are their running totals.
+  const auto counts = index.ge(0).sum(1);
+  auto cu_seqlens = at::zeros({B + 1}, at::kInt);
+  if (B > 0) cu_seqlens.slice(0, 1).copy_(counts.cumsum(0));
+  const int64_t T = B > 0 ? cu_seqlens[B].item<int64_t>() : 0;
+  const int64_t max_seqlen = B > 0 ? counts.max().item<int64_t>() : 0;
+  auto sizes = x.sizes().vec();
+  sizes.erase(sizes.begin());
+  sizes[0] = T;
+  auto packed = at::empty(sizes, x.options());
+  if (packed.numel() == 0) return {packed, cu_seqlens, max_seqlen};
+  const RowCopy c{static_cast<const char*>(x.data_ptr()), 1, N, prod(x, 2, x.dim()) * x.element_size()};
+  char* dst = static_cast<char*>(packed.data_ptr());
+  const int64_t* idx = index.data_ptr<int64_t>();
+  const int32_t* cu = cu_seqlens.data_ptr<int32_t>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      // Right-aligned or not, a row's kept entries are its non-negative ones, copied in order.
+      char* row_dst = dst + int64_t(cu[b]) * c.row_bytes;
+      const int64_t* row_idx = idx + b * K;
+      for (int64_t j = 0; j < K; ++j) {
+        if (row_idx[j] < 0) continue;
+        copy_rows(c, b, 0, row_idx + j, 1, row_dst);
+        row_dst += c.row_bytes;
+      }
+    }
+  });
+  return {packed, cu_seqlens, max_seqlen};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sdtp, CPU, m) {
+  m.impl("compact", &compact_cpu);
+  m.impl("compact_varlen", &compact_varlen_cpu);
+}
+
+}  // namespace sdtp

@@ -1,0 +1,32 @@
+// Op schemas of the `sdtp` library (defined once here; CPU and CUDA kernels register implementations
+// in csrc/cpu and csrc/cuda) and, when built as a Python extension, the build-info module.
+#include <torch/library.h>
+
+TORCH_LIBRARY(sdtp, m) {
+  m.def(
+      "saliency_score(Tensor hidden, Tensor norm_weight, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
+      "float eps=1e-06) -> Tensor");
+  m.def(
+      "select_tokens(Tensor scores, Tensor keep, Tensor? valid=None, int num_sink=4, Tensor? num_local=None, "
+      "int? width=None) -> (Tensor, Tensor)");
+  m.def("compact(Tensor x, Tensor index, int dim=1) -> Tensor");
+  m.def("compact_varlen(Tensor x, Tensor index) -> (Tensor, Tensor, int)");
+}
+
+#ifdef TORCH_EXTENSION_NAME
+#include <torch/extension.h>
+
+#ifndef SDTP_CUDA_ARCHS
+#define SDTP_CUDA_ARCHS ""
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "sdtp_kernels native ops (registered as torch.ops.sdtp.*)";
+#ifdef SDTP_WITH_CUDA
+  m.attr("cuda_compiled") = true;
+#else
+  m.attr("cuda_compiled") = false;
+#endif
+  m.attr("cuda_archs") = SDTP_CUDA_ARCHS;
+}
+#endif

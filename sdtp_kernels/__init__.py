@@ -1,0 +1,8 @@
+"""SDTP — Saliency-driven Dynamic Token Pruning for LLM prefill, as native kernels with Python bindings."""
+import torch  # noqa: F401  (must be loaded before the extension)
+
+from .build_info import build_info
+from .ops import compact, compact_varlen, saliency_score, select_tokens
+from .version import __version__
+
+__all__ = ["__version__", "build_info", "compact", "compact_varlen", "saliency_score", "select_tokens"]

@@ -1,0 +1,108 @@
+"""The four native ops (DESIGN §3) as Python functions, and their fake (shape-only) implementations so that
+`torch.compile` and `torch.library.opcheck` can trace them. The kernels themselves live in csrc/."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from . import _C  # noqa: F401  (loading the extension registers torch.ops.sdtp.*)
+
+IntOrTensor = Union[int, torch.Tensor]
+
+_ops = torch.ops.sdtp
+
+
+def saliency_score(
+    hidden: torch.Tensor,
+    norm_weight: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: Union[float, torch.Tensor],
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Keep-minus-drop log-odds of every token, float32 of shape hidden.shape[:-1]:
+    `gelu_erf(rmsnorm(hidden) * norm_weight @ w1.T + b1) @ w2 + b2`, computed in float32."""
+    if not isinstance(b2, torch.Tensor):
+        b2 = torch.tensor(float(b2), device=hidden.device)
+    return _ops.saliency_score(hidden, norm_weight, w1, b1, w2, b2, eps)
+
+
+def _row_tensor(value: IntOrTensor, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"sdtp.select_tokens: argument '{name}' must be an int or an integer tensor, got {value!r}")
+    if value < 0:
+        raise ValueError(f"sdtp.select_tokens: argument '{name}' must be >= 0, got {value}")
+    return torch.tensor(value, dtype=torch.int64)
+
+
+def select_tokens(
+    scores: torch.Tensor,
+    keep: IntOrTensor,
+    valid: Optional[torch.Tensor] = None,
+    num_sink: int = 4,
+    num_local: IntOrTensor = 0,
+    width: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions each row keeps, ascending and right-aligned in `index [B, K]` (-1 on the left), and `counts [B]`.
+
+    `keep` / `num_local`: an int or a [B] integer tensor (on the CPU, or on scores' device). `valid`: [B, N] mask,
+    False/0 = padding. `width`: the output width K when the caller knows it (must be >= every row's count); by
+    default K = max(counts), which on CUDA costs one device-to-host read."""
+    return _ops.select_tokens(
+        scores, _row_tensor(keep, "keep"), valid, num_sink, _row_tensor(num_local, "num_local"), width
+    )
+
+
+def compact(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """`out[b, ..., j, ...] = x[b, ..., index[b, j], ...]` along `dim`, zeros where index == -1."""
+    return _ops.compact(x, index, dim)
+
+
+def compact_varlen(x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Rows of x [B, N, ...] picked by index (entries >= 0, in order), packed as FlashAttention's varlen layout:
+    (packed [T, ...], cu_seqlens [B + 1] int32, max_seqlen)."""
+    return _ops.compact_varlen(x, index)
+
+
+def _check_device(name: str, t: torch.Tensor, ref: torch.Tensor, op: str) -> None:
+    if t.device != ref.device:
+        raise RuntimeError(f"{op}: argument '{name}' must be on the same device as its first argument ({ref.device}), got {t.device}")
+
+
+@torch.library.register_fake("sdtp::saliency_score")
+def _saliency_score_fake(hidden, norm_weight, w1, b1, w2, b2, eps=1e-6):
+    for name, t in (("norm_weight", norm_weight), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+        _check_device(name, t, hidden, "sdtp.saliency_score")
+    return hidden.new_empty(hidden.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.register_fake("sdtp::select_tokens")
+def _select_tokens_fake(scores, keep, valid=None, num_sink=4, num_local=None, width=None):
+    if valid is not None:
+        _check_device("valid", valid, scores, "sdtp.select_tokens")
+    if width is None:
+        width = torch.library.get_ctx().new_dynamic_size()
+    B = scores.shape[0]
+    return scores.new_empty((B, width), dtype=torch.int64), scores.new_empty((B,), dtype=torch.int64)
+
+
+@torch.library.register_fake("sdtp::compact")
+def _compact_fake(x, index, dim=1):
+    _check_device("index", index, x, "sdtp.compact")
+    d = dim % x.dim()
+    shape = list(x.shape)
+    shape[d] = index.shape[1]
+    return x.new_empty(shape)
+
+
+@torch.library.register_fake("sdtp::compact_varlen")
+def _compact_varlen_fake(x, index):
+    _check_device("index", index, x, "sdtp.compact_varlen")
+    ctx = torch.library.get_ctx()
+    total, max_seqlen = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+    packed = x.new_empty((total, *x.shape[2:]))
+    return packed, x.new_empty((x.shape[0] + 1,), dtype=torch.int32), max_seqlen

@@ -1,0 +1,69 @@
+"""Builds the native extension sdtp_kernels._C: CPU kernels always, CUDA kernels when nvcc and a CUDA build of
+torch are present (SDTP_CUDA=auto|0|1; TORCH_CUDA_ARCH_LIST defaults to 8.0;9.0 plus PTX)."""
+import glob
+import os
+import re
+import shutil
+
+from setuptools import setup
+
+
+def find_cuda_home():
+    """The CUDA toolkit root. An `nvcc` on PATH may be a wrapper script that execs the real compiler: follow it,
+    since torch would otherwise guess the wrapper's folder and fail to link."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    nvcc = os.path.realpath(nvcc)
+    with open(nvcc, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"#!"):
+        found = re.search(rb"(/\S+)/bin/nvcc", head)
+        if found:
+            return found.group(1).decode()
+    return os.path.dirname(os.path.dirname(nvcc))
+
+
+cuda_home = find_cuda_home()
+if cuda_home:
+    os.environ["CUDA_HOME"] = cuda_home
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+
+import torch  # noqa: E402  (CUDA_HOME must be set before torch.utils.cpp_extension reads it)
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def build_cuda():
+    mode = os.environ.get("SDTP_CUDA", "auto")
+    if mode not in ("auto", "0", "1"):
+        raise SystemExit(f"SDTP_CUDA must be auto, 0 or 1, got {mode!r}")
+    possible = torch.version.cuda is not None and cuda_home is not None
+    if mode == "1" and not possible:
+        raise SystemExit(
+            f"SDTP_CUDA=1 but the CUDA part cannot be built: torch CUDA={torch.version.cuda}, CUDA_HOME={cuda_home}"
+        )
+    return mode == "1" or (mode == "auto" and possible)
+
+
+def extension():
+    sources = ["csrc/registration.cpp", "csrc/validate.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    cxx = ["-O3"]  # the C++ standard is the one torch asks for (C++20 from torch 2.10 on)
+    if not build_cuda():
+        return CppExtension("sdtp_kernels._C", sources, extra_compile_args={"cxx": cxx})
+    archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+    macros = ["-DSDTP_WITH_CUDA", f'-DSDTP_CUDA_ARCHS="{archs}"']
+    nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr", *macros]
+    return CUDAExtension(
+        "sdtp_kernels._C",
+        sources + sorted(glob.glob("csrc/cuda/*.cu")),
+        extra_compile_args={"cxx": cxx + macros, "nvcc": nvcc},
+    )
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
