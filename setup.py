@@ -1,33 +1,22 @@
 """Builds the native extension sdtp_kernels._C: CPU kernels always, CUDA kernels when nvcc and a CUDA build of
 torch are present (SDTP_CUDA=auto|0|1; TORCH_CUDA_ARCH_LIST defaults to 8.0;9.0 plus PTX)."""
 import glob
+import importlib.util
 import os
-import re
-import shutil
 
 from setuptools import setup
 
 
-def find_cuda_home():
-    """The CUDA toolkit root. An `nvcc` on PATH may be a wrapper script that execs the real compiler: follow it,
-    since torch would otherwise guess the wrapper's folder and fail to link."""
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            return os.environ[var]
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        return None
-    nvcc = os.path.realpath(nvcc)
-    with open(nvcc, "rb") as f:
-        head = f.read(4096)
-    if head.startswith(b"#!"):
-        found = re.search(rb"(/\S+)/bin/nvcc", head)
-        if found:
-            return found.group(1).decode()
-    return os.path.dirname(os.path.dirname(nvcc))
+def load_find_cuda_home():
+    spec = importlib.util.spec_from_file_location(
+        "find_cuda_home", os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "find_cuda_home.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.find_cuda_home
 
 
-cuda_home = find_cuda_home()
+cuda_home = load_find_cuda_home()()
 if cuda_home:
     os.environ["CUDA_HOME"] = cuda_home
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")

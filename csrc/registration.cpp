@@ -10,7 +10,7 @@ TORCH_LIBRARY(sdtp, m) {
       "select_tokens(Tensor scores, Tensor keep, Tensor? valid=None, int num_sink=4, Tensor? num_local=None, "
       "int? width=None) -> (Tensor, Tensor)");
   m.def("compact(Tensor x, Tensor index, int dim=1) -> Tensor");
-  m.def("compact_varlen(Tensor x, Tensor index) -> (Tensor, Tensor, int)");
+  m.def("compact_varlen(Tensor x, Tensor index) -> (Tensor, Tensor, SymInt)");
 }
 
 #ifdef TORCH_EXTENSION_NAME

@@ -33,15 +33,18 @@ SDTP_HOST_DEVICE inline RowPlan plan_row(int64_t L, int64_t keep, int64_t num_si
 }
 
 // Order-preserving 32-bit key of a score: larger score -> larger key, -0.0 == +0.0, NaN below everything.
+// Integer-only on purpose: under nvcc --use_fast_math (-ftz=true) a float compare flushes subnormals to zero,
+// which would fold subnormal scores into +0.0 on the GPU but not on the CPU.
 SDTP_HOST_DEVICE inline uint32_t score_key(float s) {
-  if (s != s) return 0u;  // NaN
-  if (s == 0.0f) s = 0.0f;  // fold -0.0 into +0.0
   uint32_t bits;
 #if defined(__CUDA_ARCH__)
   bits = __float_as_uint(s);
 #else
   __builtin_memcpy(&bits, &s, sizeof(bits));
 #endif
+  const uint32_t mag = bits & 0x7FFFFFFFu;
+  if (mag > 0x7F800000u) return 0u;  // NaN
+  if (mag == 0u) bits = 0u;          // fold -0.0 into +0.0
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 

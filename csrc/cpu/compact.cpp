@@ -65,7 +65,7 @@ at::Tensor compact_cpu(const at::Tensor& x_in, const at::Tensor& index_in, int64
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, int64_t> compact_varlen_cpu(const at::Tensor& x_in, const at::Tensor& index_in) {
+std::tuple<at::Tensor, at::Tensor, c10::SymInt> compact_varlen_cpu(const at::Tensor& x_in, const at::Tensor& index_in) {
   check_compact_inputs(x_in, index_in, 1, "sdtp.compact_varlen");
   const auto x = x_in.contiguous();
   const auto index = index_in.contiguous();
@@ -81,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, int64_t> compact_varlen_cpu(const at::Tensor&
   sizes.erase(sizes.begin());
   sizes[0] = T;
   auto packed = at::empty(sizes, x.options());
-  if (packed.numel() == 0) return {packed, cu_seqlens, max_seqlen};
+  if (packed.numel() == 0) return {packed, cu_seqlens, c10::SymInt(max_seqlen)};
   const RowCopy c{static_cast<const char*>(x.data_ptr()), 1, N, prod(x, 2, x.dim()) * x.element_size()};
   char* dst = static_cast<char*>(packed.data_ptr());
   const int64_t* idx = index.data_ptr<int64_t>();
@@ -98,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, int64_t> compact_varlen_cpu(const at::Tensor&
       }
     }
   });
-  return {packed, cu_seqlens, max_seqlen};
+  return {packed, cu_seqlens, c10::SymInt(max_seqlen)};
 }
 
 }  // namespace

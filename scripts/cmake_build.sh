@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds the ops with CMake (find_package(Torch)) into a plain shared library, loads it with
+# torch.ops.load_library() in a fresh interpreter and calls one op.
+#   scripts/cmake_build.sh [BUILD_DIR]     env: PYTHON (default python), SDTP_CUDA=ON|OFF (default OFF), CUDA_HOME
+set -euo pipefail
+py=${PYTHON:-python}
+build=${1:-build/cmake}
+args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DSDTP_CUDA="${SDTP_CUDA:-OFF}"
+      -DCMAKE_PREFIX_PATH="$("$py" -c 'import torch; print(torch.utils.cmake_prefix_path)')")
+if [ "$("$py" -c 'import torch; print(torch.version.cuda is not None)')" = True ]; then
+  # A CUDA build of torch needs the toolkit even for the CPU-only library; nvrtc ships with torch's wheels.
+  CUDA_HOME=${CUDA_HOME:-$("$py" scripts/find_cuda_home.py)}
+  [ -n "$CUDA_HOME" ] || { echo "a CUDA build of torch needs the CUDA toolkit (nvcc or CUDA_HOME)"; exit 1; }
+  nvrtc=$("$py" -c 'import glob, os, torch; print(next(iter(sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "*", "lib", "libnvrtc.so*")))), ""))')
+  args+=(-DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME" -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc")
+  [ -n "$nvrtc" ] && args+=(-DCUDA_nvrtc_LIBRARY="$nvrtc")
+fi
+cmake -S . -B "$build" "${args[@]}" >"$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
+cmake --build "$build" -j "${MAX_JOBS:-2}"
+"$py" - "$build/libsdtp_ops.so" <<'PY'
+import sys
+import torch
+torch.ops.load_library(sys.argv[1])
+x = torch.arange(12.0).view(1, 6, 2)
+out = torch.ops.sdtp.compact(x, torch.tensor([[-1, 1, 4]]), 1)
+assert out.tolist() == [[[0.0, 0.0], [2.0, 3.0], [8.0, 9.0]]], out
+print(f"cmake build OK: {sys.argv[1]} loaded, sdtp.compact answered")
+PY

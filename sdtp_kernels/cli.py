@@ -1,0 +1,30 @@
+"""The `sdtp` command line. Each subcommand lives in its own module and registers itself here."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .build_info import build_info
+
+    print(json.dumps(build_info(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdtp", description="Saliency-driven Dynamic Token Pruning for LLM prefill.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="print how this installation was built (JSON)")
+    info.set_defaults(run=_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""compact / compact_varlen equal python_ref exactly for every layout the integration moves."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import python_ref
+import sdtp_kernels
+
+
+def random_index(B, N, K, generator, holes=True):
+    """Right-aligned ascending rows like select_tokens produces, with -1 on the left."""
+    index = torch.full((B, K), -1, dtype=torch.int64)
+    for b in range(B):
+        c = int(torch.randint(0 if holes else K, K + 1, (1,), generator=generator)) if N >= K else 0
+        if c:
+            index[b, K - c:] = torch.randperm(N, generator=generator)[:c].sort().values
+    return index
+
+
+LAYOUTS = [  # (shape, dim): hidden states, position ids, rotary cos/sin, K/V cache, attention mask
+    ((3, 17, 32), 1),
+    ((3, 17), 1),
+    ((3, 17, 8), 1),
+    ((3, 4, 17, 8), 2),
+    ((3, 4, 17, 8), -2),
+]
+
+
+@pytest.mark.parametrize("shape,dim", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool])
+def test_compact_matches_reference(shape, dim, dtype, device):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=g) * 10).to(dtype)
+    index = random_index(shape[0], shape[dim], 9, g)
+    got = sdtp_kernels.compact(x.to(device), index.to(device), dim)
+    assert torch.equal(got.cpu(), python_ref.compact(x, index, dim))
+
+
+def test_compact_non_contiguous(device):
+    x = torch.randn(17, 3, 24).transpose(0, 1)  # [3, 17, 24], not contiguous
+    index = random_index(3, 17, 5, torch.Generator().manual_seed(1))
+    got = sdtp_kernels.compact(x.to(device), index.t().contiguous().t().to(device))
+    assert torch.equal(got.cpu(), python_ref.compact(x, index))
+
+
+@pytest.mark.parametrize("shape,K", [((0, 5, 4), 0), ((2, 5, 4), 0), ((2, 1, 4), 1), ((2, 5, 0), 3)])
+def test_compact_empty_and_tiny(shape, K, device):
+    x = torch.randn(shape)
+    index = random_index(shape[0], shape[1], K, torch.Generator().manual_seed(2))
+    got = sdtp_kernels.compact(x.to(device), index.to(device))
+    assert got.shape == python_ref.compact(x, index).shape
+    assert torch.equal(got.cpu(), python_ref.compact(x, index))
+
+
+@pytest.mark.parametrize("shape", [(3, 17, 32), (3, 17), (4, 9, 2, 6)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+def test_compact_varlen_matches_reference(shape, dtype, device):
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(shape, generator=g) * 10).to(dtype)
+    index = random_index(shape[0], shape[1], 6, g)
+    index[0] = -1  # a row that keeps nothing
+    packed, cu, max_len = sdtp_kernels.compact_varlen(x.to(device), index.to(device))
+    ref = python_ref.compact_varlen(x, index)
+    assert torch.equal(packed.cpu(), ref[0]) and torch.equal(cu.cpu(), ref[1]) and max_len == ref[2]
+    assert cu.dtype == torch.int32 and cu.device == packed.device
+
+
+def test_compact_varlen_empty_batch(device):
+    packed, cu, max_len = sdtp_kernels.compact_varlen(torch.empty(0, 4, 3, device=device),
+                                                      torch.empty(0, 2, dtype=torch.int64, device=device))
+    assert packed.shape == (0, 3) and cu.tolist() == [0] and max_len == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    B=st.integers(0, 4), N=st.integers(1, 30), K=st.integers(0, 30), D=st.integers(0, 9),
+    heads=st.integers(1, 3), kv=st.booleans(), seed=st.integers(0, 2**31),
+)
+def test_property_compact(B, N, K, D, heads, kv, seed):
+    g = torch.Generator().manual_seed(seed)
+    K = min(K, N)
+    x = torch.randn((B, heads, N, D) if kv else (B, N, D), generator=g)
+    index = random_index(B, N, K, g)
+    dim = 2 if kv else 1
+    assert torch.equal(sdtp_kernels.compact(x, index, dim), python_ref.compact(x, index, dim))
+    if not kv:
+        got, ref = sdtp_kernels.compact_varlen(x, index), python_ref.compact_varlen(x, index)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]) and got[2] == ref[2]

@@ -1,0 +1,78 @@
+"""Bad input raises a Python exception whose message names the offending argument; never a crash."""
+import pytest
+import torch
+
+import sdtp_kernels
+
+S = torch.randn(2, 8)
+X = torch.randn(2, 8, 4)
+IDX = torch.tensor([[0, 1], [2, 3]])
+SCORE_ARGS = dict(hidden=torch.randn(3, 16), norm_weight=torch.ones(16), w1=torch.randn(4, 16), b1=torch.zeros(4),
+                  w2=torch.randn(4), b2=torch.tensor(0.0))
+
+
+def score_with(**overrides):
+    return sdtp_kernels.saliency_score(**{**SCORE_ARGS, **overrides})
+
+
+CASES = [
+    ("scores", lambda: sdtp_kernels.select_tokens(torch.randn(8), 2)),  # wrong rank
+    ("scores", lambda: sdtp_kernels.select_tokens(S.long(), 2)),  # not floating
+    ("valid", lambda: sdtp_kernels.select_tokens(S, 2, valid=torch.ones(2, 7, dtype=torch.bool))),  # mismatched N
+    ("valid", lambda: sdtp_kernels.select_tokens(S, 2, valid=torch.ones(3, 8, dtype=torch.bool))),  # mismatched B
+    ("valid", lambda: sdtp_kernels.select_tokens(S, 2, valid=torch.ones(2, 8))),  # float mask
+    ("keep", lambda: sdtp_kernels.select_tokens(S, -1)),
+    ("keep", lambda: sdtp_kernels.select_tokens(S, torch.tensor([1, -2]))),
+    ("keep", lambda: sdtp_kernels.select_tokens(S, torch.tensor([1, 2, 3]))),  # wrong length
+    ("keep", lambda: sdtp_kernels.select_tokens(S, torch.tensor([1.0, 2.0]))),  # float
+    ("keep", lambda: sdtp_kernels.select_tokens(S, 2.5)),
+    ("num_local", lambda: sdtp_kernels.select_tokens(S, 2, num_local=-3)),
+    ("num_sink", lambda: sdtp_kernels.select_tokens(S, 2, num_sink=-1)),
+    ("width", lambda: sdtp_kernels.select_tokens(S, 6, width=3)),
+    ("x", lambda: sdtp_kernels.compact(torch.randn(8), IDX)),  # wrong rank
+    ("index", lambda: sdtp_kernels.compact(X, IDX.float())),  # float index
+    ("index", lambda: sdtp_kernels.compact(X, IDX[:1])),  # mismatched B
+    ("index", lambda: sdtp_kernels.compact(X, torch.tensor([[0, 8], [0, 1]]))),  # out of range
+    ("index", lambda: sdtp_kernels.compact(X, torch.tensor([[0, -2], [0, 1]]))),
+    ("dim", lambda: sdtp_kernels.compact(X, IDX, dim=0)),
+    ("dim", lambda: sdtp_kernels.compact(X, IDX, dim=3)),
+    ("index", lambda: sdtp_kernels.compact_varlen(X, IDX.int())),
+    ("index", lambda: sdtp_kernels.compact_varlen(X, torch.tensor([[0, 9], [0, 1]]))),
+    ("hidden", lambda: score_with(hidden=torch.randn(3, 16).long())),
+    ("hidden", lambda: score_with(hidden=torch.randn(3, 16).double())),
+    ("w1", lambda: score_with(w1=torch.randn(4, 15))),
+    ("norm_weight", lambda: score_with(norm_weight=torch.ones(15))),
+    ("b1", lambda: score_with(b1=torch.zeros(5))),
+    ("w2", lambda: score_with(w2=torch.randn(4, 1))),
+    ("b2", lambda: score_with(b2=torch.zeros(2))),
+    ("eps", lambda: score_with(eps=-1.0)),
+]
+
+
+@pytest.mark.parametrize("name,call", CASES, ids=[f"{i}-{c[0]}" for i, c in enumerate(CASES)])
+def test_bad_input_names_the_argument(name, call):
+    with pytest.raises((RuntimeError, ValueError, TypeError, IndexError)) as info:
+        call()
+    assert f"'{name}'" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: sdtp_kernels.select_tokens(S, 2, valid=torch.ones(2, 8, dtype=torch.bool, device="meta")),
+        lambda: sdtp_kernels.compact(X, IDX.to("meta")),
+        lambda: score_with(w1=torch.randn(4, 16, device="meta")),
+    ],
+)
+def test_device_mix_is_rejected(call):
+    with pytest.raises((RuntimeError, ValueError)) as info:
+        call()
+    assert "device" in str(info.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_cpu_mix_is_rejected():
+    with pytest.raises(RuntimeError, match="'index'"):
+        sdtp_kernels.compact(X.cuda(), IDX)
+    with pytest.raises(RuntimeError, match="'valid'"):
+        sdtp_kernels.select_tokens(S.cuda(), 2, valid=torch.ones(2, 8, dtype=torch.bool))

@@ -1,0 +1,57 @@
+"""The ops are proper torch custom ops: opcheck (schema, fake tensors, dispatch) and torch.compile(fullgraph)."""
+import pytest
+import torch
+
+import sdtp_kernels
+
+
+def sample_args(device):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 12, 16, generator=g)
+    score = (hidden, torch.ones(16), torch.randn(8, 16, generator=g), torch.zeros(8), torch.randn(8, generator=g),
+             torch.tensor(0.1))
+    scores = torch.randn(2, 12, generator=g)
+    valid = torch.ones(2, 12, dtype=torch.bool)
+    valid[1, :3] = False
+    keep = torch.tensor([6, 5])
+    index = torch.tensor([[-1, 0, 4, 7], [2, 3, 5, 11]])
+    kv_cache = torch.randn(2, 3, 12, 4, generator=g)  # [B, heads, N, head_dim]
+    to = lambda args: tuple(a.to(device) for a in args)  # noqa: E731
+    return {
+        "saliency_score": [to(score)],
+        "select_tokens": [
+            (scores.to(device), keep, valid.to(device), 2, torch.tensor(1), None),
+            (scores.to(device), keep, None, 0, torch.tensor([0, 2]), 9),
+        ],
+        "compact": [(hidden.to(device), index.to(device), 1), (kv_cache.to(device), index.to(device), 2)],
+        "compact_varlen": [to((hidden, index))],
+    }
+
+
+@pytest.mark.parametrize("op", ["saliency_score", "select_tokens", "compact", "compact_varlen"])
+def test_opcheck(op, device):
+    for args in sample_args(device)[op]:
+        torch.library.opcheck(getattr(torch.ops.sdtp, op).default, args)
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.config.capture_dynamic_output_shape_ops = True
+    torch._dynamo.config.capture_scalar_outputs = True
+
+    def prune(hidden, norm_weight, w1, b1, w2, b2, valid):
+        scores = sdtp_kernels.saliency_score(hidden, norm_weight, w1, b1, w2, b2)
+        index, counts = sdtp_kernels.select_tokens(scores, 6, valid, 2, 1, width=8)
+        kept = sdtp_kernels.compact(hidden, index)
+        packed, cu_seqlens, max_seqlen = sdtp_kernels.compact_varlen(hidden, index)
+        return kept, counts, packed, cu_seqlens
+
+    args = sample_args("cpu")["saliency_score"][0] + (torch.ones(2, 12, dtype=torch.bool),)
+    compiled = torch.compile(prune, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(*args), prune(*args)):
+        assert torch.equal(got, want)
+
+
+def test_build_info():
+    info = sdtp_kernels.build_info()
+    assert {"version", "torch", "cpu", "cuda_compiled", "cuda_archs", "cuda_available"} <= info.keys()
+    assert info["cpu"] is True and info["version"] == sdtp_kernels.__version__
