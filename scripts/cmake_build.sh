@@ -15,6 +15,7 @@ if [ "$("$py" -c 'import torch; print(torch.version.cuda is not None)')" = True 
   args+=(-DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME" -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc")
   [ -n "$nvrtc" ] && args+=(-DCUDA_nvrtc_LIBRARY="$nvrtc")
 fi
+mkdir -p "$(dirname "$build")"
 cmake -S . -B "$build" "${args[@]}" >"$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
 cmake --build "$build" -j "${MAX_JOBS:-2}"
 "$py" - "$build/libsdtp_ops.so" <<'PY'
