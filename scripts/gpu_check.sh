@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# One command for the GPU machine (DESIGN §6; one H200, torch 2.11.0+cu130, Python 3.12, no network, ~10 min):
+# builds the extension there for sm_90, prints build_info, runs the tests (the CUDA-parametrised ones first, on
+# their own, so that one failure does not hide the others), compute-sanitizer memcheck and racecheck over
+# scripts/sanitizer_smoke.py, and the CUDA micro benchmarks. Every step has its own timeout; a failing step is
+# recorded and the script goes on. Everything lands in $OUT (default ./gpu_out), at most a handful of files:
+#   gpu_check.json  every step (status, seconds, output tail), build_info, device, benchmark figures
+#   gpu_check.log   the whole output
+#   cuda_micro.json the micro benchmark figures on their own (also inside gpu_check.json)
+#   e2e.json, e2e.png  bench/e2e.py --device cuda (args from GPU_CHECK_E2E_ARGS)
+#   pytest_cuda.xml / pytest.xml  JUnit reports
+# The steps run in order of importance under one overall budget (GPU_CHECK_BUDGET seconds, default 540, so the
+# whole run fits a 10-minute device command); a step gets min(its own timeout, what is left) and is recorded as
+# "no-time" when too little is left.
+# Env: OUT, PYTHON (default python3), GPU_CHECK_BUDGET, GPU_CHECK_QUICK=1 (short benchmark),
+#      GPU_CHECK_SKIP="step names" (environment build build_info cuobjdump pytest_cuda memcheck racecheck cuda_micro e2e
+#      pytest), GPU_CHECK_E2E_ARGS (default: --contexts 4096 16384 32768 --new-tokens 32 --repeats 2)
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-./gpu_out}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+WORK=$(mktemp -d)
+STEPS="$WORK/steps.tsv"
+: >"$STEPS"
+LOG="$OUT/gpu_check.log"
+: >"$LOG"
+DEADLINE=$(($(date +%s) + ${GPU_CHECK_BUDGET:-540}))
+
+if [ -z "${CUDA_HOME:-}" ] && ! command -v nvcc >/dev/null 2>&1; then
+  for d in /usr/local/cuda /usr/local/cuda-13.0; do [ -x "$d/bin/nvcc" ] && export CUDA_HOME=$d && break; done
+fi
+[ -n "${CUDA_HOME:-}" ] && export PATH="$CUDA_HOME/bin:$PATH"
+
+skipped() { case " ${GPU_CHECK_SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }
+
+# step NAME TIMEOUT_S COMMAND...: runs COMMAND under `timeout`, output to $WORK/NAME.log and the combined log.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  if skipped "$name"; then
+    printf '%s\tskipped\t0\t%s\n' "$name" "$limit" >>"$STEPS"
+    return 0
+  fi
+  local left=$((DEADLINE - $(date +%s) - 20))  # 20 s kept for the report
+  if [ "$left" -lt 30 ]; then
+    echo "=== $name: no time left" | tee -a "$LOG"
+    printf '%s\tno-time\t0\t%s\n' "$name" "$limit" >>"$STEPS"
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "=== $name (timeout ${limit}s): $*" | tee -a "$LOG"
+  local t0 t1 rc
+  t0=$(date +%s%N)
+  timeout --kill-after=10 "$limit" "$@" >"$WORK/$name.log" 2>&1
+  rc=$?
+  t1=$(date +%s%N)
+  cat "$WORK/$name.log" >>"$LOG"
+  tail -n 5 "$WORK/$name.log"
+  echo "=== $name: rc=$rc" | tee -a "$LOG"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(((t1 - t0) / 1000000))" "$limit" >>"$STEPS"
+  return $rc
+}
+
+SANITIZER=$(command -v compute-sanitizer 2>/dev/null || true)
+if [ -z "$SANITIZER" ]; then
+  for c in "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" /usr/local/cuda/bin/compute-sanitizer \
+    /usr/local/cuda/compute-sanitizer/compute-sanitizer /opt/nvidia/compute-sanitizer/compute-sanitizer; do
+    [ -x "$c" ] && SANITIZER=$c && break
+  done
+fi
+
+step environment 60 bash -c "nvidia-smi; echo; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'; echo; nvcc --version; echo; echo compute-sanitizer: ${SANITIZER:-not found}; nproc"
+
+step build 360 env SDTP_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+  "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . -v
+step build_info 60 "$PY" -c 'import json, sdtp_kernels; print(json.dumps(sdtp_kernels.build_info()))'
+step cuobjdump 30 bash -c "so=\$($PY -c 'import sdtp_kernels._C as c; print(c.__file__)') && cuobjdump --list-elf \"\$so\" && cuobjdump --list-ptx \"\$so\""
+
+# The CUDA-parametrised tests alone (no -x: every CUDA failure shows).
+step pytest_cuda 180 "$PY" -m pytest -q -p no:cacheprovider -k cuda -rfE tests --junitxml="$OUT/pytest_cuda.xml"
+
+if [ -n "$SANITIZER" ]; then
+  # Without the caching allocator every tensor is its own allocation, so memcheck sees out-of-bounds accesses.
+  step memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck --error-exitcode 99 \
+    --print-limit 50 "$PY" scripts/sanitizer_smoke.py
+  step racecheck 120 "$SANITIZER" --tool racecheck --error-exitcode 99 --print-limit 50 "$PY" scripts/sanitizer_smoke.py
+else
+  printf 'memcheck\tnot-found\t0\t0\nracecheck\tnot-found\t0\t0\n' >>"$STEPS"
+fi
+
+bench_args=("$OUT/cuda_micro.json")
+[ "${GPU_CHECK_QUICK:-0}" = 1 ] && bench_args+=(--quick)
+step cuda_micro 240 "$PY" bench/cuda_micro.py "${bench_args[@]}"
+
+# End-to-end prefill benchmark (bench/e2e.py), modest contexts by default so it fits the budget.
+if [ -f bench/e2e.py ]; then
+  # shellcheck disable=SC2086
+  step e2e 200 "$PY" bench/e2e.py --device cuda ${GPU_CHECK_E2E_ARGS:---contexts 4096 16384 32768 --new-tokens 32 --repeats 2} \
+    --out "$OUT/e2e.json" --plot "$OUT/e2e.png"
+fi
+
+# The whole suite last (CI runs its CPU part anyway); whatever time is left.
+step pytest 420 "$PY" -m pytest -x -q -p no:cacheprovider -rfE tests --junitxml="$OUT/pytest.xml"
+
+# One JSON with everything.
+"$PY" - "$STEPS" "$WORK" "$OUT" <<'PY'
+import json, os, re, socket, sys, time
+
+steps_file, work, out = sys.argv[1:4]
+report = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "steps": {}}
+for line in open(steps_file):
+    name, rc, seconds, limit = line.rstrip("\n").split("\t")
+    log = os.path.join(work, name + ".log")
+    text = open(log, errors="replace").read() if os.path.exists(log) else ""
+    status = rc if rc in ("skipped", "not-found", "no-time") else ("ok" if rc == "0" else ("timeout" if rc in ("124", "137") else "failed"))
+    entry = {"status": status, "rc": int(rc) if rc.lstrip("-").isdigit() else None,
+             "seconds": int(seconds or 0) / 1000, "timeout_s": int(limit), "output_tail": text[-6000:]}
+    if name in ("memcheck", "racecheck"):
+        m = re.search(r"ERROR SUMMARY: (\d+) error", text)
+        entry["sanitizer_errors"] = int(m.group(1)) if m else None
+        m = re.search(r"RACECHECK SUMMARY: (\d+) hazard", text)
+        if m:
+            entry["race_hazards"] = int(m.group(1))
+    if name.startswith("pytest"):
+        m = re.findall(r"^=*\s*(.*(?:passed|failed|error|skipped).*?)\s*=*$", text, re.M)
+        entry["summary"] = m[-1] if m else None
+    if name == "build_info" and status == "ok":
+        try:
+            report["build_info"] = json.loads(text.strip().splitlines()[-1])
+        except Exception:
+            pass
+    report["steps"][name] = entry
+for key in ("cuda_micro", "e2e"):
+    path = os.path.join(out, key + ".json")
+    if os.path.exists(path):
+        try:
+            report[key] = json.load(open(path))
+        except Exception as e:
+            report[key] = {"error": f"unreadable: {e}"}
+report["all_ok"] = all(s["status"] in ("ok", "skipped") for s in report["steps"].values())
+with open(os.path.join(out, "gpu_check.json"), "w") as f:
+    json.dump(report, f, indent=2)
+print(json.dumps({k: v["status"] for k, v in report["steps"].items()}, indent=1))
+print("all_ok:", report["all_ok"], "->", os.path.join(out, "gpu_check.json"))
+PY
+rm -rf "$WORK"
