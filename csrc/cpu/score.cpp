@@ -1,17 +1,16 @@
 // CPU saliency_score (DESIGN §3.1): tokens in blocks, each block normalised in fp32 and multiplied by w1 with the
 // RMSNorm weight folded in; bias, GELU and the w2 dot run on the block, so no [tokens, H] tensor is ever whole.
+// Blocks run one after another and each ATen call inside uses every thread: a parallel loop over blocks would nest
+// the GEMM library's own threads inside ours, which collapses under load.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
-
-#include <cmath>
 
 #include "../validate.h"
 
 namespace sdtp {
 namespace {
 
-constexpr int64_t kTokensPerBlock = 128;
+constexpr int64_t kTokensPerBlock = 1024;
 
 at::Tensor saliency_score_cpu(const at::Tensor& hidden, const at::Tensor& norm_weight, const at::Tensor& w1,
                               const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2, double eps) {
@@ -29,21 +28,17 @@ at::Tensor saliency_score_cpu(const at::Tensor& hidden, const at::Tensor& norm_w
   const auto bias1 = b1.to(at::kFloat).contiguous();
   const auto w2f = w2.to(at::kFloat).contiguous();
   const float bias2 = b2.to(at::kFloat).reshape({}).item<float>();
-  float* dst = out.data_ptr<float>();
-  const int64_t blocks = (T + kTokensPerBlock - 1) / kTokensPerBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t t0 = blk * kTokensPerBlock, n = std::min(kTokensPerBlock, T - t0);
-      const auto xb = x.narrow(0, t0, n).to(at::kFloat);  // [n, D]
-      const auto inv_rms = at::rsqrt(xb.square().mean(1, /*keepdim=*/true) + eps);
-      auto y = at::mm(xb, w);  // [n, H], un-normalised
-      y.mul_(inv_rms).add_(bias1);
-      at::gelu_(y);  // erf form
-      const auto s = at::mv(y, w2f);
-      const float* sp = s.data_ptr<float>();
-      for (int64_t i = 0; i < n; ++i) dst[t0 + i] = sp[i] + bias2;
-    }
-  });
+  const auto out_flat = out.view({T});
+  for (int64_t t0 = 0; t0 < T; t0 += kTokensPerBlock) {
+    const int64_t n = std::min(kTokensPerBlock, T - t0);
+    const auto xb = x.narrow(0, t0, n).to(at::kFloat);  // [n, D]
+    const auto inv_rms = at::rsqrt(xb.square().mean(1, /*keepdim=*/true) + eps);
+    auto y = at::mm(xb, w);  // [n, H], un-normalised
+    y.mul_(inv_rms).add_(bias1);
+    at::gelu_(y);  // erf form
+    auto scores = out_flat.narrow(0, t0, n);
+    at::mv_out(scores, y, w2f).add_(bias2);
+  }
   return out;
 }
 
