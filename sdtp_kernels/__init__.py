@@ -2,7 +2,18 @@
 import torch  # noqa: F401  (must be loaded before the extension)
 
 from .build_info import build_info
+from .config import SDTPConfig
 from .ops import compact, compact_varlen, saliency_score, select_tokens
+from .predictor import SaliencyPredictor
 from .version import __version__
 
-__all__ = ["__version__", "build_info", "compact", "compact_varlen", "saliency_score", "select_tokens"]
+__all__ = [
+    "SDTPConfig",
+    "SaliencyPredictor",
+    "__version__",
+    "build_info",
+    "compact",
+    "compact_varlen",
+    "saliency_score",
+    "select_tokens",
+]

@@ -1,0 +1,302 @@
+"""End-to-end benchmark, dense vs SDTP: prefill latency, latency of prefill + N new tokens, analytic FLOPs, peak
+memory and the share of the pruned prefill spent in SDTP's own work (score + select + compact + masks).
+
+    python bench/e2e.py                                    # CPU: 16-layer hidden-512 Llama, 4096-token prompt
+    python bench/e2e.py --device cuda                      # GPU: Llama-2-7B shape, bf16, 4K..128K
+    python bench/e2e.py --contexts 1024 2048 4096 8192 --out bench/results/e2e-cpu.json --plot bench/results/e2e-cpu.png
+
+Models have random weights and random predictors: latency, FLOPs and memory depend on how many tokens are kept,
+not on which. Dense runs are the same model with pruning switched off (sdtp_disabled).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import platform
+import time
+
+import torch
+import transformers
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sdtp_kernels.config import SDTPConfig
+from sdtp_kernels.hf import apply_sdtp, sdtp_disabled
+
+PRESETS = {
+    "cpu": dict(
+        model=dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=16, num_attention_heads=8,
+                   num_key_value_heads=8, vocab_size=32000, max_position_embeddings=16384),
+        dtype=torch.float32, contexts=[4096], new_tokens=128,
+    ),
+    "llama2-7b": dict(
+        model=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                   num_key_value_heads=32, vocab_size=32000, max_position_embeddings=131072 + 256),
+        dtype=torch.bfloat16, contexts=[4096, 16384, 32768, 131072], new_tokens=128,
+    ),
+}
+PEAK_MEM_METHOD = {
+    "cuda": "torch.cuda.max_memory_allocated during the call, minus the memory allocated before it",
+    "cpu": "process peak resident memory (VmHWM, reset through /proc/self/clear_refs) during the call, minus the "
+    "resident memory before it",
+}
+FLOPS_METHOD = (
+    "2 FLOPs per multiply-add of every matrix product: per decoder layer q/k/v/o projections and the gated MLP for "
+    "each token the layer holds, QK^T and AV over all query-key pairs (the full n x m product, as the paper's "
+    "Table 2 counts it, not the causal half), the LM head for each generated token, and for SDTP the predictors; "
+    "norms, activations and softmax are not counted"
+)
+
+
+def build_model(preset: dict, device: str) -> LlamaForCausalLM:
+    config = LlamaConfig(**preset["model"])
+    config._attn_implementation = "sdpa"
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(config, dtype=preset["dtype"]).eval()
+    model.generation_config.eos_token_id = None  # always generate the requested number of tokens
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def layer_tokens(sdtp: SDTPConfig, num_layers: int, length: int) -> list[int]:
+    """Tokens each decoder layer holds after an SDTP prefill of one `length`-token prompt."""
+    stages = sdtp.stage_layers(num_layers)
+    return [sdtp.kept_count(length, sum(s <= layer for s in stages)) for layer in range(num_layers)]
+
+
+def flops(config: LlamaConfig, tokens: list[int], new_tokens: int, predictor: tuple[int, list[int]] = (0, [])):
+    """(prefill, end to end) FLOPs of one prompt whose layers hold `tokens`; predictor = (hidden width, the
+    stage layers it scores before)."""
+    d, inter, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
+    head_dim = d // config.num_attention_heads
+    q_width, kv_width = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    per_token = 2 * (d * (q_width + 2 * kv_width) + q_width * d + 3 * d * inter)
+    pairs = 2 * 2 * q_width  # QK^T and AV, per query-key pair
+
+    def step(queries: list[int], keys: list[int]) -> int:
+        return sum(per_token * q + pairs * q * k for q, k in zip(queries, keys)) + 2 * d * vocab
+
+    width, stage_layers = predictor
+    scoring = sum(2 * tokens[layer - 1] * (d * width + width) for layer in stage_layers)
+    prefill = step(tokens, tokens) + scoring
+    decode = sum(step([1] * len(tokens), [n + t for n in tokens]) for t in range(1, new_tokens))
+    return prefill, prefill + decode
+
+
+class PeakMemory:
+    """Additional memory at the peak of the enclosed block (see PEAK_MEM_METHOD)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.bytes = 0
+
+    @staticmethod
+    def _rss(field: str) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+    def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed blocks back so that they do not hide the peak
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current resident size
+            self.base = self._rss("VmRSS:")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.bytes = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.bytes = self._rss("VmHWM:") - self.base
+
+
+# wall: latency. cpu: the process's CPU time, which other processes on a shared machine do not inflate; equal to
+# the latency of a single-threaded run (--threads 1) on an idle machine, but not of a multi-threaded one.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def measure(fn, device: str, clock) -> tuple[float, int]:
+    """(time, peak additional memory) of one call."""
+    with PeakMemory(device) as memory:
+        start = clock()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = clock() - start
+    return seconds, memory.bytes
+
+
+def dense_and_sdtp(model, fn, device: str, repeats: int, clock) -> tuple[tuple[float, int], tuple[float, int]]:
+    """Best (time, peak memory) of `repeats` calls of fn without and with pruning, interleaved so that a busy
+    machine slows both alike."""
+    dense, sdtp = [], []
+    for _ in range(repeats):
+        with sdtp_disabled(model):
+            dense.append(measure(fn, device, clock))
+        sdtp.append(measure(fn, device, clock))
+    return min(dense), min(sdtp)
+
+
+def prune_overhead(prefill, device: str) -> float:
+    """Seconds one pruned prefill spends inside SDTP's "sdtp.prune" ranges (score, select, compact, masks)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        prefill()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    events = [e for e in profile.key_averages() if e.key == "sdtp.prune"]
+    if device == "cuda":  # the GPU time of the kernels launched inside the ranges
+        return sum(e.device_time_total for e in events) / 1e6
+    return sum(e.cpu_time_total for e in events) / 1e6
+
+
+def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: str, repeats: int, clock) -> dict:
+    config = model.config
+    ids = torch.randint(1, config.vocab_size, (1, context), generator=torch.Generator().manual_seed(context))
+    ids = ids.to(device)
+
+    def prefill():
+        model(ids, use_cache=True, logits_to_keep=1)  # as generate() calls it
+
+    def generate():
+        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+    with torch.no_grad():
+        (dense_prefill, dense_prefill_mem), (sdtp_prefill, sdtp_prefill_mem) = dense_and_sdtp(
+            model, prefill, device, repeats, clock
+        )
+        (dense_e2e, dense_mem), (sdtp_e2e, sdtp_mem) = dense_and_sdtp(model, generate, device, 1, clock)
+        overhead = prune_overhead(prefill, device)
+
+    layers = config.num_hidden_layers
+    kept = layer_tokens(sdtp, layers, context)
+    stage_layers = sdtp.stage_layers(layers)
+    flops_dense, flops_e2e_dense = flops(config, [context] * layers, new_tokens)
+    predictor = (sdtp.predictor_width(config.hidden_size), stage_layers)
+    flops_sdtp, flops_e2e_sdtp = flops(config, kept, new_tokens, predictor)
+    return {
+        "context": context,
+        "dense_prefill_s": dense_prefill,
+        "sdtp_prefill_s": sdtp_prefill,
+        "overhead_s": overhead,
+        "flops_dense": flops_dense,
+        "flops_sdtp": flops_sdtp,
+        "peak_mem_dense": dense_mem,
+        "peak_mem_sdtp": sdtp_mem,
+        "prefill_speedup": dense_prefill / sdtp_prefill,
+        "flops_ratio": flops_dense / flops_sdtp,
+        "overhead_share": overhead / sdtp_prefill,
+        "new_tokens": new_tokens,
+        "dense_e2e_s": dense_e2e,
+        "sdtp_e2e_s": sdtp_e2e,
+        "e2e_speedup": dense_e2e / sdtp_e2e,
+        "flops_e2e_dense": flops_e2e_dense,
+        "flops_e2e_sdtp": flops_e2e_sdtp,
+        "peak_mem_prefill_dense": dense_prefill_mem,
+        "peak_mem_prefill_sdtp": sdtp_prefill_mem,
+        "kept_per_stage": [kept[layer] for layer in stage_layers],
+    }
+
+
+def machine(device: str) -> dict:
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    contexts = [r["context"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(contexts, [r["prefill_speedup"] for r in rows], "o-", label="prefill speed-up (measured)")
+    e2e_label = f"end-to-end speed-up ({rows[0]['new_tokens']} new tokens)"
+    ax.plot(contexts, [r["e2e_speedup"] for r in rows], "s-", label=e2e_label)
+    ax.plot(contexts, [r["flops_ratio"] for r in rows], "k--", label="prefill FLOPs ratio (ideal)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(contexts, [f"{c // 1024}K" if c >= 1024 else str(c) for c in contexts])
+    ax.axhline(1.0, color="grey", lw=0.5)
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel("dense time / SDTP time")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="default: cpu on CPU, llama2-7b on CUDA")
+    parser.add_argument("--contexts", type=int, nargs="+", help="prompt lengths (default: the preset's)")
+    parser.add_argument("--new-tokens", type=int, help="tokens generated end to end (default: the preset's)")
+    parser.add_argument("--repeats", type=int, default=3, help="prefill timings per setting; the best is kept")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what the times measure (see CLOCKS)")
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--plot", help="write a PNG plot of speed-up vs context here")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset_name = args.preset or ("llama2-7b" if args.device == "cuda" else "cpu")
+    preset = PRESETS[preset_name]
+    contexts = args.contexts or preset["contexts"]
+    new_tokens = args.new_tokens or preset["new_tokens"]
+    sdtp = SDTPConfig()
+    torch.manual_seed(0)
+    model = apply_sdtp(build_model(preset, args.device), sdtp)
+    with torch.no_grad():  # warm-up: first-call allocations and kernel selection
+        model(torch.ones(1, 64, dtype=torch.long, device=args.device), use_cache=True, logits_to_keep=1)
+
+    rows = []
+    for context in contexts:
+        row = run_context(model, sdtp, context, new_tokens, args.device, args.repeats, CLOCKS[args.clock])
+        rows.append(row)
+        print(
+            f"{context:>7} tokens  prefill dense {row['dense_prefill_s']:.3f}s sdtp {row['sdtp_prefill_s']:.3f}s "
+            f"({row['prefill_speedup']:.2f}x, FLOPs {row['flops_ratio']:.2f}x)  overhead {row['overhead_s']:.3f}s "
+            f"({100 * row['overhead_share']:.1f}%)  e2e {row['e2e_speedup']:.2f}x  "
+            f"peak mem {row['peak_mem_dense'] / 2**20:.0f} -> {row['peak_mem_sdtp'] / 2**20:.0f} MiB",
+            flush=True,
+        )
+    result = {
+        "rows": rows,
+        "machine": machine(args.device),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": args.device,
+        "preset": preset_name,
+        "model": {**preset["model"], "dtype": str(preset["dtype"]), "attn_implementation": "sdpa"},
+        "sdtp": sdtp.to_dict(),
+        "timing": f"best of {args.repeats} prefills, dense and SDTP interleaved; one end-to-end generate each",
+        "clock": args.clock,
+        "peak_mem_method": PEAK_MEM_METHOD[args.device],
+        "flops_method": FLOPS_METHOD,
+    }
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    if args.plot:
+        plot(rows, args.plot, f"SDTP vs dense: {preset_name} preset on {args.device}")
+
+
+if __name__ == "__main__":
+    main()

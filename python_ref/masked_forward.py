@@ -1,0 +1,154 @@
+"""The masked simulation of the SDTP forward (DynamicViT style): nothing is removed. Every token keeps its row;
+a token dropped at stage s is hidden as a key from every layer of stage s on by the attention mask, so the tokens
+that are kept compute exactly what the physically pruned forward computes for them.
+
+Two pieces, usable apart:
+- `keep_policy` composes "which keys each query may attend" from the keep decisions and causality;
+- `MaskedPruning` installs that mask on a transformers model, layer by layer, around any forward or `generate()`,
+  asking a `decide` function at each stage layer which tokens stay. `sdtp_decide` is SDTP's rule (predictor
+  scores, protected tokens, select_tokens); training passes its own (Gumbel-softmax decisions).
+"""
+from __future__ import annotations
+
+import bisect
+import contextlib
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from sdtp_kernels.config import SDTPConfig
+from sdtp_kernels.hf.families import family_of
+from sdtp_kernels.hf.masks import format_mask
+from sdtp_kernels.hf.model_call import ModelCall
+from sdtp_kernels.hf.patch import sdtp_disabled
+
+from .saliency_score import saliency_score
+from .select_tokens import select_tokens
+
+# decide(stage, hidden [B, N, D], alive [B, N], valid [B, N] bool) -> the tokens alive after this stage [B, N]
+Decide = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def keep_policy(key_keep: torch.Tensor, num_queries: int) -> torch.Tensor:
+    """[B, 1, Q, K]: may query i (the last Q of the K positions) attend key j? Yes iff j <= i and j is kept — or j is
+    i itself, so that no row is empty. `key_keep` [B, K] is bool, or float in [0, 1]: the result is then a product
+    of it (1 where attended), so straight-through Gumbel decisions keep their gradient."""
+    B, K = key_keep.shape
+    q = torch.arange(K - num_queries, K, device=key_keep.device)[:, None]
+    k = torch.arange(K, device=key_keep.device)[None, :]
+    causal, itself = k <= q, k == q
+    keep = key_keep[:, None, None, :]
+    if keep.dtype == torch.bool:
+        return causal & (keep | itself)
+    return causal * (keep + (1 - keep) * itself)
+
+
+def hard_mask(policy: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """A 0/1 policy as the attention implementation's mask."""
+    return format_mask(policy.bool() if policy.dtype == torch.bool else policy > 0.5, attn_implementation, dtype)
+
+
+def sdtp_decide(config: SDTPConfig, predictors: nn.ModuleList) -> Decide:
+    """SDTP's rule with the reference ops: at stage s keep config.kept_count(L, s) of each row's L real tokens, the
+    protected ones and the best scored of the others."""
+
+    def decide(stage, hidden, alive, valid):
+        lengths = valid.sum(1).tolist()
+        keep = torch.tensor([config.kept_count(n, stage) for n in lengths])
+        local = torch.tensor([config.local_count(n) for n in lengths])
+        scores = saliency_score(hidden, *predictors[stage - 1].score_params())
+        index, _ = select_tokens(scores, keep, alive, config.num_sink, local)
+        # Empty slots (-1) write into an extra column that is dropped.
+        kept = torch.zeros(alive.shape[0], alive.shape[1] + 1, dtype=torch.bool, device=alive.device)
+        kept.scatter_(1, torch.where(index >= 0, index, alive.shape[1]), True)
+        return kept[:, :-1]
+
+    return decide
+
+
+class MaskedPruning:
+    """Context manager: inside it, the model's forwards run the masked simulation. A forward with an empty cache is
+    a prompt (N tokens): its stage layers call `decide`, and `alive[s]` records the prompt tokens alive from stage s
+    on (alive[0] = the real tokens, from the forward's attention_mask). Later forwards (decoding) see the prompt keys
+    alive at their layer's stage plus every generated token.
+
+    `to_mask(policy, dtype)` turns `keep_policy` output into the layer's attention_mask; by default the hard mask of
+    the model's attention implementation. A model patched with apply_sdtp runs with its pruning off meanwhile."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: SDTPConfig,
+        decide: Decide,
+        to_mask: Optional[Callable[[torch.Tensor, torch.dtype], torch.Tensor]] = None,
+    ):
+        self.model, self.config, self.decide = model, config, decide
+        attn = model.config._attn_implementation
+        self.to_mask = to_mask or (lambda policy, dtype: hard_mask(policy, attn, dtype))
+        self.family = family_of(model)
+        self.alive: list[torch.Tensor] = []
+        self._padding_mask: Optional[torch.Tensor] = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "MaskedPruning":
+        self._stack.enter_context(sdtp_disabled(self.model))
+        base = self.family.base_model(self.model)
+        call = ModelCall(base)
+
+        def remember_padding(module, args, kwargs):
+            self._padding_mask = call.inputs(args, kwargs)[0]
+
+        self._stack.enter_context(base.register_forward_pre_hook(remember_padding, with_kwargs=True))
+        layers = self.family.decoder_layers(self.model)
+        stage_layers = self.config.stage_layers(len(layers))
+        for index in range(self.config.start_layer, len(layers)):
+            hook = self._hook(index, bisect.bisect_right(stage_layers, index), index in stage_layers)
+            self._stack.enter_context(layers[index].register_forward_pre_hook(hook, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def _real_tokens(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
+        if self._padding_mask is None:
+            return torch.ones(batch, length, dtype=torch.bool, device=device)
+        return self._padding_mask.to(device)
+
+    def _past_length(self, index: int, kwargs: dict) -> int:
+        cache = next((kwargs[k] for k in self.family.cache_kwargs if kwargs.get(k) is not None), None)
+        return 0 if cache is None else cache.get_seq_length(index)
+
+    def _hook(self, index: int, stage: int, is_stage_layer: bool):
+        def pre_hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            batch, length = hidden.shape[:2]
+            past = self._past_length(index, kwargs)
+            if past == 0 and is_stage_layer:  # the prompt reaches a stage: decide who stays
+                if stage == 1:
+                    self.alive = [self._real_tokens(batch, length, hidden.device)]
+                del self.alive[stage:]
+                self.alive.append(self.decide(stage, hidden, self.alive[stage - 1], self.alive[0]))
+            prompt = self.alive[stage]
+            generated = torch.ones(batch, past + length - prompt.shape[1], dtype=prompt.dtype, device=prompt.device)
+            policy = keep_policy(torch.cat([prompt, generated], 1), length)
+            kwargs["attention_mask"] = self.to_mask(policy, hidden.dtype)
+            return args, kwargs
+
+        return pre_hook
+
+
+@torch.no_grad()
+def masked_forward(model, config, predictors, input_ids, attention_mask=None, **kwargs):
+    """One forward of the prompt under the masked simulation of SDTP. Returns (model output, alive per stage)."""
+    with MaskedPruning(model, config, sdtp_decide(config, predictors)) as sim:
+        output = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    return output, sim.alive
+
+
+@torch.no_grad()
+def masked_generate(model, config, predictors, input_ids, attention_mask=None, **kwargs):
+    """`model.generate` under the masked simulation of SDTP. Returns (generate's output, alive per stage)."""
+    with MaskedPruning(model, config, sdtp_decide(config, predictors)) as sim:
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    return output, sim.alive

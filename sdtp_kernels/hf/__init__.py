@@ -1,0 +1,15 @@
+"""SDTP for Hugging Face transformers causal LMs: patch a model instance, prune its prefill, generate as usual."""
+from .cache_state import key_positions
+from .families import SUPPORTED_MODELS
+from .patch import apply_sdtp, remove_sdtp, save_sdtp, sdtp_config, sdtp_disabled, sdtp_predictors
+
+__all__ = [
+    "SUPPORTED_MODELS",
+    "apply_sdtp",
+    "key_positions",
+    "remove_sdtp",
+    "save_sdtp",
+    "sdtp_config",
+    "sdtp_disabled",
+    "sdtp_predictors",
+]

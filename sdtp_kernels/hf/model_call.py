@@ -1,0 +1,47 @@
+"""Reading the inputs of a call to a transformers base model from a forward pre-hook."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+
+def _is_dynamic(cache: Any) -> bool:
+    from transformers.cache_utils import DynamicCache  # loaded by the model already; not at sdtp_kernels import
+
+    return isinstance(cache, DynamicCache)
+
+
+class ModelCall:
+    """The padding mask and KV cache of a call to `base_model`, however they were passed: by position, by keyword,
+    or as `past_key_values`, the name `cache` had before transformers 5.24 (still accepted through **kwargs).
+    Inputs the pruned forward cannot serve are refused here, before the model runs."""
+
+    def __init__(self, base_model: nn.Module):
+        self._signature = inspect.signature(base_model.forward)
+        self._catch_all = next(
+            (p.name for p in self._signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None
+        )
+
+    def inputs(self, args: tuple, kwargs: dict) -> tuple[Optional[torch.Tensor], Any]:
+        """(attention_mask as a [batch, tokens] bool tensor or None, cache or None)."""
+        bound = self._signature.bind_partial(*args, **kwargs).arguments
+        extra = bound.get(self._catch_all, {})
+
+        def argument(name: str) -> Any:
+            return bound[name] if bound.get(name) is not None else extra.get(name)
+
+        cache = argument("cache") if argument("cache") is not None else argument("past_key_values")
+        if cache is not None and not _is_dynamic(cache):
+            # Fixed-size caches give every layer the same length; a pruned layer's is shorter.
+            raise NotImplementedError(f"SDTP needs a DynamicCache (the default), got a {type(cache).__name__}")
+        mask = argument("attention_mask")
+        if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+            shape = f" of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else ""
+            raise ValueError(
+                "SDTP needs attention_mask as the 2D padding mask [batch, tokens] (it builds each pruned layer's mask "
+                f"itself), got a {type(mask).__name__}{shape}"
+            )
+        return (None if mask is None else mask.bool()), cache

@@ -1,0 +1,176 @@
+"""The pruned forward. `SDTPRuntime` belongs to one patched model; each call of its base model gets a `_Forward`
+that the wrapped decoder layers share: at a stage layer of a prefill it scores, selects and compacts the hidden
+states, and it hands every pruned layer the positions and attention mask of the tokens that layer holds."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..config import SDTPConfig
+from ..predictor import SaliencyPredictor
+from .cache_state import PrunedCacheState, attach, state_of
+from .families import gather_rows
+from .masks import format_mask, slot_mask
+from .model_call import ModelCall
+
+
+class _Plan:
+    """The host-side schedule of one prefill, from its rows' prompt lengths."""
+
+    def __init__(self, config: SDTPConfig, lengths: list[int], num_stages: int):
+        self.counts = [lengths] + [[config.kept_count(n, s) for n in lengths] for s in range(1, num_stages + 1)]
+        self.local = [config.local_count(n) for n in lengths]
+        # A stage that removes nothing from any row is skipped, so keep_ratio = 1.0 runs the unpatched forward.
+        self.active = [False] + [
+            any(c < p for c, p in zip(self.counts[s], self.counts[s - 1])) for s in range(1, num_stages + 1)
+        ]
+        self._rows: Optional[torch.Tensor] = None
+
+    def row_counts(self, device: torch.device) -> torch.Tensor:
+        """[S + 2, B] on `device`: the kept counts of stages 0..S, then the local counts. A pageable host-to-GPU
+        copy would synchronise the stream, so the copy goes through pinned memory, once per prefill."""
+        if self._rows is None or self._rows.device != device:
+            rows = torch.tensor(self.counts + [self.local], dtype=torch.int64)
+            if device.type == "cuda":
+                rows = rows.pin_memory().to(device, non_blocking=True)
+            self._rows = rows
+        return self._rows
+
+
+class _Forward:
+    """One call of the base model: its padding mask, and the tensors its pruned layers share."""
+
+    def __init__(self, runtime: "SDTPRuntime", padding_mask: Optional[torch.Tensor], past_length: int):
+        self.runtime = runtime
+        self.padding_mask = padding_mask
+        self.past_length = past_length
+        self.state: Optional[PrunedCacheState] = None
+        self.plan: Optional[_Plan] = None  # set for a prefill with pruning on, the only forward that prunes
+        self.query_slots: Optional[torch.Tensor] = None  # decode: the new tokens' columns
+        self.uniform: dict[int, bool] = {}  # group -> every row kept the same count (no empty slot)
+        self.group_inputs: dict[int, dict[str, Any]] = {}
+
+    def layer_inputs(self, stage: int, predictor: Optional[SaliencyPredictor], hidden: torch.Tensor, kwargs: dict):
+        if self.state is None:
+            self._start(hidden, kwargs)
+        if self.plan is not None and predictor is not None:
+            hidden = self._prune(stage, predictor, hidden)
+        group = self.state.group_of_stage[stage]
+        if group is None:
+            return hidden, kwargs
+        if group not in self.group_inputs:
+            self.group_inputs[group] = self._group_inputs(group, kwargs, hidden.dtype)
+        return hidden, {**kwargs, **self.group_inputs[group]}
+
+    def _start(self, hidden: torch.Tensor, kwargs: dict) -> None:
+        run = self.runtime
+        batch, length = hidden.shape[:2]
+        cache = next((kwargs[k] for k in run.family.cache_kwargs if kwargs.get(k) is not None), None)
+        if self.past_length == 0:
+            if run.enabled:
+                self.plan = _Plan(run.config, self._prompt_lengths(batch, length), run.num_stages)
+            # Also when pruning is off: a reused cache must not keep the token sets of an earlier prompt.
+            self.state = PrunedCacheState.unpruned(run.num_stages)
+            if cache is not None:
+                attach(cache, self.state)
+            return
+        self.state = state_of(cache) if cache is not None else None
+        if self.state is None:  # a cache filled without pruning
+            self.state = PrunedCacheState.unpruned(run.num_stages)
+            return
+        new = torch.arange(self.past_length, self.past_length + length, device=hidden.device).expand(batch, length)
+        self.state.key_slots = [torch.cat([s, new.to(s.device)], 1) for s in self.state.key_slots]
+        self.query_slots = new
+
+    def _prompt_lengths(self, batch: int, length: int) -> list[int]:
+        if self.padding_mask is None:
+            return [length] * batch
+        if self.padding_mask.shape[1] != length:
+            raise ValueError(
+                f"SDTP: the attention mask covers {self.padding_mask.shape[1]} tokens but the prompt has {length}"
+            )
+        return self.padding_mask.sum(1).tolist()  # the forward's one host sync
+
+    def _prune(self, stage: int, predictor: SaliencyPredictor, hidden: torch.Tensor) -> torch.Tensor:
+        state, plan, config = self.state, self.plan, self.runtime.config
+        previous = state.group_of_stage[stage - 1]
+        state.group_of_stage[stage] = previous
+        if not plan.active[stage]:
+            return hidden
+        with torch.profiler.record_function("sdtp.prune"):
+            current = None if previous is None else state.key_slots[previous]
+            valid = self.padding_mask if current is None else current >= 0
+            scores = predictor.score(hidden)
+            rows = plan.row_counts(scores.device)
+            index, _ = ops.select_tokens(
+                scores,
+                rows[stage],
+                None if valid is None else valid.to(scores.device),
+                config.num_sink,
+                rows[-1],
+                width=max(plan.counts[stage]),
+            )
+            slots = index if current is None else torch.where(index >= 0, gather_rows(current, index), -1)
+            state.key_slots.append(slots)
+            state.group_of_stage[stage] = len(state.key_slots) - 1
+            self.uniform[state.group_of_stage[stage]] = min(plan.counts[stage]) == max(plan.counts[stage])
+            return gather_rows(hidden, index)
+
+    def _group_inputs(self, group: int, kwargs: dict, dtype: torch.dtype) -> dict[str, Any]:
+        """attention_mask and positions of the layers that hold token set `group`, built once per forward."""
+        run = self.runtime
+        attn = run.model_config._attn_implementation
+        keys = self.state.key_slots[group]
+        with torch.profiler.record_function("sdtp.prune"):
+            if self.plan is not None:  # prefill: the queries are the kept tokens themselves
+                queries = keys
+                # Without empty slots the mask is plain causal: leave it to sdpa's is_causal (no [K, K] tensor).
+                no_mask = attn == "sdpa" and self.uniform[group]
+                mask = None if no_mask else format_mask(slot_mask(keys, keys), attn, dtype)
+            else:
+                queries = None
+                real = None
+                if self.padding_mask is not None:
+                    real = self.padding_mask.to(keys.device).gather(1, keys.clamp(min=0))
+                mask = format_mask(slot_mask(self.query_slots.to(keys.device), keys, real), attn, dtype)
+            return {"attention_mask": mask, **run.family.position_kwargs(kwargs, queries, keys)}
+
+
+class SDTPRuntime:
+    """The SDTP state of one patched model: its schedule, a switch, and the forward in flight."""
+
+    def __init__(self, model: nn.Module, family: Any, config: SDTPConfig, stage_layers: list[int]):
+        self.family = family
+        self.config = config
+        self.stage_layers = stage_layers
+        self.num_stages = len(stage_layers)
+        self.model_config = model.config
+        self.enabled = True
+        self.forward: Optional[_Forward] = None
+        base = family.base_model(model)
+        self._call = ModelCall(base)
+        self._hooks = [
+            base.register_forward_pre_hook(self._begin, with_kwargs=True),
+            base.register_forward_hook(self._end, always_call=True),
+        ]
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self.forward = None
+
+    def layer_inputs(self, stage: int, predictor: Optional[SaliencyPredictor], hidden: torch.Tensor, kwargs: dict):
+        if self.forward is None:  # a layer called on its own, outside the model's forward
+            return hidden, kwargs
+        return self.forward.layer_inputs(stage, predictor, hidden, kwargs)
+
+    def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        padding_mask, cache = self._call.inputs(args, kwargs)
+        past = cache.get_seq_length() if cache is not None else 0
+        self.forward = _Forward(self, padding_mask, past)
+
+    def _end(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self.forward = None

@@ -1,0 +1,65 @@
+"""Tiny seeded models of every SDTP-supported family, and the prompts the integration tests run on them."""
+import torch
+from transformers import (
+    BloomConfig,
+    BloomForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from sdtp_kernels.config import SDTPConfig
+
+VOCAB, LAYERS, PROMPT, PAD = 128, 8, 40, 7
+# Stages before layers 2, 4 and 6 of 8: three stages, each layer group of a different length.
+PRUNING = SDTPConfig(start_layer=2, layer_step=2, keep_ratio=0.7, num_sink=2, local_ratio=0.1)
+
+_ROPE = dict(
+    vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=256,
+)
+MODELS = {
+    "llama": lambda: (LlamaForCausalLM, LlamaConfig(**_ROPE)),
+    "mistral": lambda: (MistralForCausalLM, MistralConfig(**_ROPE, sliding_window=None)),
+    "qwen2": lambda: (Qwen2ForCausalLM, Qwen2Config(**_ROPE)),
+    "qwen3": lambda: (Qwen3ForCausalLM, Qwen3Config(**_ROPE, head_dim=16)),
+    "bloom": lambda: (BloomForCausalLM, BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=LAYERS, n_head=4)),
+}
+# (model, attention implementation): BLOOM has eager attention only.
+VARIANTS = [(m, a) for m in MODELS for a in ("eager", "sdpa") if not (m == "bloom" and a == "sdpa")]
+
+
+def tiny_model(name: str, attn: str = "eager", seed: int = 0, **overrides):
+    cls, config = MODELS[name]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    if name != "bloom":
+        config._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    # Generate exactly max_new_tokens (no early stop on a random model's EOS); pad with 0.
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def prompts(batch: int = 2, seed: int = 1):
+    """Random prompts of PROMPT tokens; row 1 (if any) is left-padded by PAD."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (batch, PROMPT), generator=g)
+    mask = torch.ones(batch, PROMPT, dtype=torch.long)
+    if batch > 1:
+        mask[1, :PAD] = 0
+        ids[1, :PAD] = 0
+    return ids, mask
+
+
+def cache_of(output):
+    """The KV cache of a model output: `cache` from transformers 5.24 on, `past_key_values` before."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values

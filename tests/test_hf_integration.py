@@ -1,0 +1,194 @@
+"""The transformers integration against the unpatched model and the masked simulation in python_ref, on tiny
+seeded models of every supported family (fp32, 8 layers, three pruning stages)."""
+import dataclasses
+import json
+
+import pytest
+import torch
+from hf_tiny import LAYERS, MODELS, PAD, PROMPT, PRUNING, VARIANTS, cache_of, prompts, tiny_model
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from python_ref import masked_forward, masked_generate
+from sdtp_kernels.hf import apply_sdtp, key_positions, remove_sdtp, save_sdtp, sdtp_disabled, sdtp_predictors
+
+torch.set_num_threads(1)
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def greedy(model, ids, mask, n=8, **kwargs):
+    with torch.no_grad():
+        return model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False, **kwargs)
+
+
+def real_logits(model, ids, mask):
+    """Logits of the real (unpadded) tokens, flattened."""
+    with torch.no_grad():
+        return model(ids, attention_mask=mask).logits[mask.bool()]
+
+
+def alive_of(slots):
+    """[B, keys] unpruned columns (-1 = empty) -> [B, PROMPT] bool, the prompt tokens those keys cover."""
+    kept = torch.zeros(slots.shape[0], PROMPT + 1, dtype=torch.bool)
+    prompt = (slots >= 0) & (slots < PROMPT)
+    return kept.scatter(1, torch.where(prompt, slots, PROMPT), True)[:, :PROMPT]
+
+
+@pytest.mark.parametrize("name, attn", VARIANTS)
+def test_keep_ratio_one_and_disabled_pruning_equal_the_unpatched_model(name, attn):
+    model = tiny_model(name, attn)
+    ids, mask = prompts()
+    logits, tokens = real_logits(model, ids, mask), greedy(model, ids, mask)
+    apply_sdtp(model, dataclasses.replace(PRUNING, keep_ratio=1.0))
+    torch.testing.assert_close(real_logits(model, ids, mask), logits, atol=1e-5, rtol=0)
+    assert torch.equal(greedy(model, ids, mask), tokens)
+    remove_sdtp(model)
+    apply_sdtp(model, PRUNING)
+    with sdtp_disabled(model):
+        torch.testing.assert_close(real_logits(model, ids, mask), logits, atol=1e-5, rtol=0)
+        assert torch.equal(greedy(model, ids, mask), tokens)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_remove_sdtp_restores_the_model(name):
+    model = tiny_model(name)
+    ids, mask = prompts()
+    keys, logits = set(model.state_dict()), real_logits(model, ids, mask)
+    layer_types = [type(m) for m in model.modules()]
+    apply_sdtp(model, PRUNING)
+    with torch.no_grad():
+        assert model(ids, attention_mask=mask).logits.shape[1] < PROMPT  # it runs pruned
+    remove_sdtp(model)
+    assert set(model.state_dict()) == keys
+    assert [type(m) for m in model.modules()] == layer_types
+    torch.testing.assert_close(real_logits(model, ids, mask), logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name, attn", VARIANTS)
+def test_pruned_prefill_equals_the_masked_simulation(name, attn):
+    model = apply_sdtp(tiny_model(name, attn), PRUNING)
+    ids, mask = prompts()
+    with torch.no_grad():
+        pruned = model(ids, attention_mask=mask, use_cache=True)
+    simulated, alive = masked_forward(model, PRUNING, sdtp_predictors(model), ids, mask, use_cache=True)
+    cache, sim_cache = cache_of(pruned), cache_of(simulated)
+
+    stage_layers = PRUNING.stage_layers(LAYERS)
+    lengths = mask.sum(1).tolist()
+    slots = key_positions(cache)
+    assert len(slots) == len(stage_layers) == 3
+    for stage, kept in enumerate(slots, start=1):
+        assert torch.equal(alive_of(kept), alive[stage]), f"stage {stage} kept other tokens"
+        assert kept.shape[1] == max(PRUNING.kept_count(n, stage) for n in lengths)
+    torch.testing.assert_close(pruned.logits[:, -1], simulated.logits[:, -1], atol=1e-4, rtol=1e-4)
+
+    for layer in range(LAYERS):
+        keys, values = cache.layers[layer].keys, cache.layers[layer].values
+        stage = sum(s <= layer for s in stage_layers)
+        if stage == 0:
+            assert keys.shape[-2] == PROMPT
+            continue
+        held = slots[stage - 1]
+        assert keys.shape[-2] == held.shape[1] < PROMPT
+        for row in range(held.shape[0]):
+            columns = held[row][held[row] >= 0]
+            occupied = held[row] >= 0
+            for got, full in ((keys, sim_cache.layers[layer].keys), (values, sim_cache.layers[layer].values)):
+                torch.testing.assert_close(got[row][:, occupied], full[row][:, columns], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, attn", VARIANTS)
+def test_generate_32_tokens_equals_the_masked_simulation(name, attn):
+    model = apply_sdtp(tiny_model(name, attn), PRUNING)
+    ids, mask = prompts()
+    expected, _ = masked_generate(model, PRUNING, sdtp_predictors(model), ids, mask, max_new_tokens=32, do_sample=False)
+    assert torch.equal(greedy(model, ids, mask, n=32), expected)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_left_padded_rows_generate_what_each_prompt_generates_alone(name):
+    model = apply_sdtp(tiny_model(name), PRUNING)
+    ids, mask = prompts()
+    batch = greedy(model, ids, mask)
+    alone = greedy(model, ids[1:, PAD:], mask[1:, PAD:])
+    assert torch.equal(batch[1:, PROMPT:], alone[:, PROMPT - PAD:])
+    assert torch.equal(batch[:1], greedy(model, ids[:1], mask[:1]))
+
+
+@pytest.mark.parametrize("name", ["llama", "bloom"])
+def test_sampling_and_beam_search_equal_the_masked_simulation(name):
+    model = apply_sdtp(tiny_model(name), PRUNING)
+    ids, mask = prompts()
+    for kwargs in (dict(do_sample=True, top_k=20), dict(num_beams=3, do_sample=False)):
+        torch.manual_seed(5)
+        expected, _ = masked_generate(model, PRUNING, sdtp_predictors(model), ids, mask, max_new_tokens=8, **kwargs)
+        torch.manual_seed(5)
+        with torch.no_grad():
+            got = model.generate(ids, attention_mask=mask, max_new_tokens=8, **kwargs)
+        assert torch.equal(got, expected), kwargs
+
+
+@pytest.mark.parametrize("name", ["llama", "bloom"])
+def test_forward_without_cache_equals_the_masked_simulation(name):
+    model = apply_sdtp(tiny_model(name), PRUNING)
+    ids, mask = prompts()
+    with torch.no_grad():
+        pruned = model(ids, attention_mask=mask, use_cache=False)
+    simulated, _ = masked_forward(model, PRUNING, sdtp_predictors(model), ids, mask, use_cache=False)
+    torch.testing.assert_close(pruned.logits[:, -1], simulated.logits[:, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_two_models_in_one_process_stay_independent():
+    patched, plain = tiny_model("llama"), tiny_model("llama")
+    ids, mask = prompts()
+    before = real_logits(plain, ids, mask)
+    apply_sdtp(patched, PRUNING)
+    torch.testing.assert_close(real_logits(plain, ids, mask), before, atol=0, rtol=0)
+    with torch.no_grad():
+        assert patched(ids, attention_mask=mask).logits.shape[1] < PROMPT
+
+
+def test_save_and_apply_round_trip(tmp_path):
+    model = apply_sdtp(tiny_model("qwen3"), PRUNING)
+    with torch.no_grad():
+        for p in sdtp_predictors(model).parameters():
+            p.add_(torch.randn_like(p))
+    ids, mask = prompts()
+    tokens = greedy(model, ids, mask)
+    save_dir = tmp_path / "predictors"
+    save_sdtp(model, save_dir)
+    loaded = apply_sdtp(tiny_model("qwen3"), save_dir)
+    for a, b in zip(sdtp_predictors(model).parameters(), sdtp_predictors(loaded).parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(greedy(loaded, ids, mask), tokens)
+
+
+def test_loading_predictors_into_a_mismatched_model_raises(tmp_path):
+    save_sdtp(apply_sdtp(tiny_model("llama"), PRUNING), tmp_path)
+    with pytest.raises(ValueError, match="made for hidden size 64, but this LlamaForCausalLM has hidden size 32"):
+        apply_sdtp(tiny_model("llama", hidden_size=32, num_attention_heads=2, num_key_value_heads=1), tmp_path)
+    with pytest.raises(ValueError, match="holds 3 stage predictors .* gives 4 stages"):
+        apply_sdtp(tiny_model("llama", num_hidden_layers=10), tmp_path)
+    saved = json.loads((tmp_path / "sdtp_config.json").read_text())
+    saved["config"]["predictor_hidden"] = 8
+    (tmp_path / "sdtp_config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="do not fit this model's predictors"):
+        apply_sdtp(tiny_model("llama"), tmp_path)
+
+
+def test_unsupported_models_and_settings_raise_clear_errors():
+    with pytest.raises(TypeError, match="does not support GPT2LMHeadModel; supported models: LlamaForCausalLM, "):
+        apply_sdtp(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2)), PRUNING)
+    with pytest.raises(ValueError, match="sliding window of 16 tokens"):
+        apply_sdtp(tiny_model("mistral", sliding_window=16), PRUNING)
+    with pytest.raises(ValueError, match="beyond the model"):
+        apply_sdtp(tiny_model("llama"), dataclasses.replace(PRUNING, start_layer=LAYERS))
+    model = apply_sdtp(tiny_model("llama"), PRUNING)
+    with pytest.raises(ValueError, match="already has SDTP"):
+        apply_sdtp(model, PRUNING)
+    ids, _ = prompts()
+    with pytest.raises(ValueError, match="2D padding mask"), torch.no_grad():
+        model(ids, attention_mask=torch.ones(2, 1, PROMPT, PROMPT))
+    with pytest.raises(NotImplementedError, match="needs a DynamicCache .*, got a StaticCache"):
+        greedy(model, ids, None, cache_implementation="static")
+    with pytest.raises(ValueError, match="has no SDTP"):
+        remove_sdtp(tiny_model("llama"))
