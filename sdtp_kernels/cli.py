@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from .train.cli import add_commands as add_training_commands
+
 
 def _info(args: argparse.Namespace) -> int:
     from .build_info import build_info
@@ -18,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="print how this installation was built (JSON)")
     info.set_defaults(run=_info)
+    add_training_commands(commands)
     return parser
 
 

@@ -1,0 +1,35 @@
+"""Training checkpoints: one file, replaced atomically, holding everything a resumed run needs to continue exactly."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def checkpoint_path(out: str) -> str:
+    return os.path.join(out, CHECKPOINT_FILE)
+
+
+def save_checkpoint(out: str, state: dict[str, Any]) -> None:
+    """Write then rename, so that an interrupted save leaves the previous checkpoint intact."""
+    path = checkpoint_path(out)
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(out: str, identity: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint in `out`, checked to belong to a run with this `identity` (the settings that fix what the run
+    computes: schedule, seed, global batch, data size)."""
+    path = checkpoint_path(out)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume: {out} holds no checkpoint ({CHECKPOINT_FILE}) to continue from")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    differ = {key: (state["identity"].get(key), value) for key, value in identity.items()
+              if state["identity"].get(key) != value}
+    if differ:
+        details = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in differ.items())
+        raise ValueError(f"--resume: the checkpoint in {out} belongs to a different run ({details})")
+    return state

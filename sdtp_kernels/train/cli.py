@@ -1,0 +1,160 @@
+"""`sdtp mark` and `sdtp train`. `add_commands(subparsers)` registers them on the `sdtp` command line; each sets
+`run`, which returns the exit status. The heavy modules load only when a command runs."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Optional
+
+from ..config import SDTPConfig
+from .options import DTYPES, LR_SCHEDULES, NORMALIZATIONS, TASK_LOSSES, LossOptions, SaliencyOptions, TrainOptions
+
+_CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SDTPConfig)}
+_LOSS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LossOptions)}
+_TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.default is not dataclasses.MISSING}
+# The schedule flags each command takes: marking needs the stage layers and the protected tokens only.
+_MARK_SCHEDULE = ("start_layer", "layer_step", "num_stages", "num_sink", "local_ratio")
+_TRAIN_SCHEDULE = _MARK_SCHEDULE + ("keep_ratio", "predictor_hidden")
+_SCHEDULE_HELP = {
+    "start_layer": "0-based decoder layer before which stage 1 prunes",
+    "layer_step": "decoder layers between stages",
+    "num_stages": "stages (default: as many as fit)",
+    "num_sink": "first prompt tokens always kept",
+    "local_ratio": "the last ceil(local_ratio * L) prompt tokens are always kept",
+    "keep_ratio": "stage s keeps ceil(keep_ratio**s * L) of a prompt's L tokens",
+    "predictor_hidden": "predictor MLP width (default: hidden_size // 4)",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _common(parser: argparse.ArgumentParser, schedule: tuple[str, ...]) -> None:
+    parser.add_argument("--model", required=True, help="local model directory (transformers save_pretrained)")
+    parser.add_argument("--data", required=True, help="JSON / JSONL records: input_ids [+ labels | answer], text, "
+                        "or prompt + response")
+    parser.add_argument("--out", required=True, help="output directory")
+    group = parser.add_argument_group("SDTP schedule (DESIGN §4)")
+    for name in schedule:
+        default = _CONFIG_DEFAULTS[name]
+        kind = float if isinstance(default, float) else int
+        help_text = _SCHEDULE_HELP[name] + ("" if default is None else f" (default: {default})")
+        group.add_argument(_flag(name), type=kind, default=default, help=help_text)
+    parser.add_argument("--batch-size", type=int, default=_TRAIN_DEFAULTS["batch_size"],
+                        help="records per batch (per process when training)")
+    parser.add_argument("--max-length", type=int, default=None, help="keep each record's last N tokens")
+    parser.add_argument("--dtype", choices=DTYPES, default=_TRAIN_DEFAULTS["dtype"], help="of the frozen model")
+    parser.add_argument("--device", default=None, help="default: the (local-rank) GPU if there is one, else cpu")
+
+
+def _saliency_flags(parser: argparse.ArgumentParser) -> None:
+    # Defaults of None tell "not given" from "given": `train` on an existing marking accepts only its own options.
+    parser.add_argument("--absolute", action="store_true", default=None,
+                        help="saliency |sum_d(dT/dx * x)| instead of the signed -sum_d(dT/dx * x)")
+    parser.add_argument("--normalization", choices=NORMALIZATIONS, default=None,
+                        help="per row and stage (default: zscore)")
+
+
+def _config(args: argparse.Namespace) -> SDTPConfig:
+    return SDTPConfig(**{name: getattr(args, name) for name in _CONFIG_DEFAULTS if hasattr(args, name)})
+
+
+def _saliency(args: argparse.Namespace) -> Optional[SaliencyOptions]:
+    """The saliency options given on the command line, None if none was."""
+    if args.absolute is None and args.normalization is None:
+        return None
+    given = {"absolute": args.absolute, "normalization": args.normalization}
+    return SaliencyOptions(**{name: value for name, value in given.items() if value is not None})
+
+
+def _report_errors(command: str):
+    """Bad input (data, model directory, options) ends the command with its message, not a traceback."""
+
+    def decorate(run):
+        def wrapped(args: argparse.Namespace) -> int:
+            try:
+                return run(args)
+            except (ValueError, FileNotFoundError) as e:
+                print(f"sdtp {command}: error: {e}", file=sys.stderr)
+                return 2
+
+        return wrapped
+
+    return decorate
+
+
+@_report_errors("mark")
+def _run_mark(args: argparse.Namespace) -> int:
+    from .mark import mark
+
+    index = mark(
+        args.model, args.data, args.out, _config(args), _saliency(args) or SaliencyOptions(), args.batch_size,
+        args.records_per_shard, args.max_length, args.dtype, args.device,
+    )
+    print(f"marked {index['records']} records at layers {index['stage_layers']} into {args.out}")
+    return 0
+
+
+@_report_errors("train")
+def _run_train(args: argparse.Namespace) -> int:
+    from .trainer import train
+
+    loss = LossOptions(**{name: getattr(args, name) for name in _LOSS_DEFAULTS})
+    options = TrainOptions(
+        model=args.model, data=args.data, out=args.out, sdtp=_config(args), loss=loss, saliency=_saliency(args),
+        saliency_dir=args.saliency, max_length=args.max_length, dtype=args.dtype, device=args.device,
+        **{name: getattr(args, name) for name in (
+            "batch_size", "max_steps", "lr", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm",
+            "save_every", "resume", "seed",
+        )},
+    )
+    train(options)
+    if os.environ.get("RANK", "0") == "0":  # one line from a torchrun job, not one per process
+        print(f"trained predictors written to {args.out} (load with sdtp_kernels.hf.apply_sdtp(model, {args.out!r}))")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Add `mark` and `train` to an argparse subparsers object."""
+    mark = subparsers.add_parser(
+        "mark", help="gradient x input saliency of data records at the stage layers (safetensors shards)",
+        description="Run the frozen model on every record and write the saliency of each token at the input of "
+        "each stage layer to safetensors shards in --out (index: marking.json).",
+    )
+    _common(mark, _MARK_SCHEDULE)
+    _saliency_flags(mark)
+    mark.add_argument("--records-per-shard", type=int, default=1024)
+    mark.set_defaults(run=_run_mark)
+
+    train = subparsers.add_parser(
+        "train", help="train the SDTP predictors of a frozen model",
+        description="Train the predictors with Gumbel-softmax masks, the model frozen; write them with save_sdtp to "
+        "--out. Several processes: torchrun --nproc-per-node N -m sdtp_kernels.cli train ...",
+    )
+    _common(train, _TRAIN_SCHEDULE)
+    train.add_argument("--saliency", default=None, help="a marking of --data by `sdtp mark` (default: mark each "
+                       "batch on the fly)")
+    _saliency_flags(train)
+    losses = train.add_argument_group("loss")
+    losses.add_argument("--task", choices=TASK_LOSSES, default=_LOSS_DEFAULTS["task"],
+                        help="lm: LM loss of the pruned forward; kl: KL to the unpruned model")
+    for name in ("task_weight", "mse_weight", "rank_weight", "ratio_weight"):
+        losses.add_argument(_flag(name), type=float, default=_LOSS_DEFAULTS[name], help="default: 1.0")
+    losses.add_argument("--tau", type=float, default=_LOSS_DEFAULTS["tau"], help="Gumbel-softmax temperature")
+    losses.add_argument("--rank-pairs", type=int, default=_LOSS_DEFAULTS["rank_pairs"],
+                        help="ranking pairs per row and stage: all of them up to this many, sampled beyond")
+    run = train.add_argument_group("optimisation")
+    run.add_argument("--max-steps", type=int, default=_TRAIN_DEFAULTS["max_steps"])
+    run.add_argument("--lr", type=float, default=_TRAIN_DEFAULTS["lr"], help=f"peak (default: {_TRAIN_DEFAULTS['lr']})")
+    run.add_argument("--weight-decay", type=float, default=_TRAIN_DEFAULTS["weight_decay"])
+    run.add_argument("--max-grad-norm", type=float, default=_TRAIN_DEFAULTS["max_grad_norm"], help="0: no clipping")
+    run.add_argument("--warmup-steps", type=int, default=_TRAIN_DEFAULTS["warmup_steps"])
+    run.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=_TRAIN_DEFAULTS["lr_schedule"])
+    run.add_argument("--save-every", type=int, default=_TRAIN_DEFAULTS["save_every"],
+                     help="checkpoint every N steps (0: at the end only)")
+    run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    run.add_argument("--seed", type=int, default=_TRAIN_DEFAULTS["seed"])
+    train.set_defaults(run=_run_train)

@@ -1,0 +1,224 @@
+"""Training and marking data: local JSON / JSONL records turned into token ids, labels and a prompt length, then
+batched with left padding.
+
+Accepted records (other fields are ignored, so generator metadata may ride along):
+
+- ``{"input_ids": [...]}``: pre-tokenised, loss on every token; needs no tokenizer;
+- ``{"input_ids": [...], "labels": [...]}``: per-token labels (``-100`` = no loss), the model shifts them;
+- ``{"input_ids": [...], "answer": [...] or int}``: the answer tokens follow the prompt and carry the loss;
+- ``{"text": "..."}``: tokenised with the model directory's tokenizer, loss on every token;
+- ``{"prompt": "...", "response": "..."}``: tokenised likewise, loss on the response.
+
+The *prompt* is what SDTP prunes. An answer or response plays the part of generated tokens: it is never pruned and
+is not counted in the row's prompt length L that sets each stage's kept count. Without one the whole record is the
+prompt.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+ACCEPTED = "`input_ids` (optionally with `labels` or `answer`), `text`, or `prompt` with `response`"
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # label of each token (IGNORE_INDEX = no loss); token i is predicted from the tokens before it
+    prompt_length: int  # the first prompt_length tokens are the prunable prompt
+
+
+@dataclasses.dataclass
+class Batch:
+    """Left-padded rows. `prompt_mask` marks the prompt tokens of each row (real tokens not in an answer)."""
+
+    input_ids: torch.Tensor  # [B, N] int64
+    attention_mask: torch.Tensor  # [B, N] int64, 0 = padding
+    labels: torch.Tensor  # [B, N] int64
+    prompt_mask: torch.Tensor  # [B, N] bool
+    records: list[int]  # the record number (0-based, file order) of each row
+
+    def to(self, device: torch.device) -> "Batch":
+        tensors = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self) if f.name != "records"}
+        return Batch(**tensors, records=self.records)
+
+
+class _Tokenizer:
+    """The model directory's tokenizer, loaded on the first text record (input_ids data never needs one)."""
+
+    def __init__(self, model_dir: str):
+        self.model_dir = model_dir
+        self._tokenizer = None
+
+    def __call__(self, where: str, text: str, special_tokens: bool) -> list[int]:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+            except (OSError, ValueError) as e:
+                raise ValueError(
+                    f"{where} holds text, but no tokenizer could be loaded from {self.model_dir} ({e}); "
+                    "give the records as pre-tokenised `input_ids` instead"
+                ) from None
+        return self._tokenizer(text, add_special_tokens=special_tokens)["input_ids"]
+
+
+def _records(path: str) -> Iterator[tuple[str, dict]]:
+    """(location for error messages, record) of a .jsonl file (one object a line) or a .json file (a list)."""
+    if path.endswith(".jsonl"):
+        with open(path) as f:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    where = f"{path} line {number}"
+                    try:
+                        yield where, json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{where} is not valid JSON: {e}") from None
+        return
+    with open(path) as f:
+        try:
+            records = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); JSON Lines data must be named *.jsonl") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path} must hold a JSON list of records, got a {type(records).__name__}")
+    for number, record in enumerate(records):
+        yield f"{path} record {number}", record
+
+
+def _token_ids(where: str, name: str, value, vocab_size: int, allow_ignore: bool = False) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise ValueError(f"{where}: `{name}` must be a list of token ids (ints)")
+    bad = [t for t in value if not (0 <= t < vocab_size or (allow_ignore and t == IGNORE_INDEX))]
+    if bad:
+        allowed = f"0..{vocab_size - 1}" + (f" or {IGNORE_INDEX}" if allow_ignore else "")
+        raise ValueError(f"{where}: `{name}` holds {bad[0]}, outside the model's vocabulary ({allowed})")
+    return value
+
+
+def _example(where: str, record, tokenize: _Tokenizer, vocab_size: int) -> Example:
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object with {ACCEPTED}, got a {type(record).__name__}")
+    kinds = [k for k in ("input_ids", "text", "prompt") if k in record]
+    if len(kinds) != 1:
+        found = "none of them" if not kinds else " and ".join(f"`{k}`" for k in kinds)
+        raise ValueError(f"{where}: a record holds one of {ACCEPTED}; this one has {found} (fields: {sorted(record)})")
+    if "input_ids" in record:
+        ids = _token_ids(where, "input_ids", record["input_ids"], vocab_size)
+        if "labels" in record and "answer" in record:
+            raise ValueError(f"{where}: give `labels` or `answer`, not both")
+        if "labels" in record:
+            labels = _token_ids(where, "labels", record["labels"], vocab_size, allow_ignore=True)
+            if len(labels) != len(ids):
+                raise ValueError(f"{where}: `labels` has {len(labels)} entries for {len(ids)} `input_ids`")
+            return Example(ids, labels, len(ids))
+        if "answer" in record:
+            answer = _token_ids(where, "answer", record["answer"], vocab_size)
+            return Example(ids + answer, [IGNORE_INDEX] * len(ids) + answer, len(ids))
+        return Example(ids, list(ids), len(ids))
+    if "text" in record:
+        ids = _token_ids(where, "text", tokenize(where, _string(where, record, "text"), True), vocab_size)
+        return Example(ids, list(ids), len(ids))
+    if "response" not in record:
+        raise ValueError(f"{where}: a `prompt` record needs a `response` (the tokens that carry the loss)")
+    prompt = _token_ids(where, "prompt", tokenize(where, _string(where, record, "prompt"), True), vocab_size)
+    response = _token_ids(where, "response", tokenize(where, _string(where, record, "response"), False), vocab_size)
+    return Example(prompt + response, [IGNORE_INDEX] * len(prompt) + response, len(prompt))
+
+
+def _string(where: str, record: dict, name: str) -> str:
+    if not isinstance(record[name], str):
+        raise ValueError(f"{where}: `{name}` must be a string")
+    return record[name]
+
+
+def _truncate(example: Example, max_length: Optional[int]) -> Example:
+    # Keep the end: that is where answers and the prompt's question sit.
+    cut = 0 if max_length is None else max(0, len(example.input_ids) - max_length)
+    return Example(example.input_ids[cut:], example.labels[cut:], max(0, example.prompt_length - cut))
+
+
+def read_examples(path: str, model_dir: str, vocab_size: int, max_length: Optional[int] = None) -> Iterator[Example]:
+    """Examples of a data file, in file order, streamed. `max_length` keeps each record's last tokens."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file {path} does not exist")
+    tokenize = _Tokenizer(model_dir)
+    for where, record in _records(path):
+        example = _truncate(_example(where, record, tokenize, vocab_size), max_length)
+        if example.prompt_length == 0:
+            raise ValueError(f"{where}: no prompt token left to prune (answer only, or cut away by max_length)")
+        if all(label == IGNORE_INDEX for label in example.labels[1:]):
+            raise ValueError(
+                f"{where}: no labelled token after the first, so there is no LM loss to compute (the first token is "
+                "never predicted)"
+            )
+        yield example
+
+
+def collate(examples: Sequence[Example], records: Sequence[int]) -> Batch:
+    """Left-pad to the longest row (padding id 0, masked out), as HF generation pads prompts."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.zeros(len(examples), width, dtype=torch.int64)
+    attention_mask = torch.zeros(len(examples), width, dtype=torch.int64)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.int64)
+    prompt_mask = torch.zeros(len(examples), width, dtype=torch.bool)
+    for row, example in enumerate(examples):
+        start = width - len(example.input_ids)
+        input_ids[row, start:] = torch.tensor(example.input_ids)
+        attention_mask[row, start:] = 1
+        labels[row, start:] = torch.tensor(example.labels)
+        prompt_mask[row, start : start + example.prompt_length] = True
+    return Batch(input_ids, attention_mask, labels, prompt_mask, list(records))
+
+
+def batches(examples: Iterator[Example], batch_size: int) -> Iterator[Batch]:
+    """Consecutive records in batches of `batch_size` (the last may be smaller), for one pass in file order."""
+    chunk: list[Example] = []
+    first = 0
+    for example in examples:
+        chunk.append(example)
+        if len(chunk) == batch_size:
+            yield collate(chunk, range(first, first + len(chunk)))
+            first += len(chunk)
+            chunk = []
+    if chunk:
+        yield collate(chunk, range(first, first + len(chunk)))
+
+
+class BatchOrder:
+    """Which records every process trains on at each step. Epoch e visits the records in a permutation seeded by
+    (seed, e), in global batches of batch_size * world_size (an incomplete last batch is skipped); process `rank`
+    takes its slice. A pure function of the step, so the data position of a checkpoint is its step."""
+
+    def __init__(self, num_records: int, batch_size: int, world_size: int, rank: int, seed: int):
+        self.global_batch = batch_size * world_size
+        if num_records < self.global_batch:
+            raise ValueError(
+                f"the data has {num_records} records, fewer than one global batch of {self.global_batch} "
+                f"({batch_size} per process x {world_size} processes)"
+            )
+        self.batches_per_epoch = num_records // self.global_batch
+        self.num_records, self.batch_size, self.rank, self.seed = num_records, batch_size, rank, seed
+        self._epoch: Optional[int] = None
+        self._permutation: list[int] = []
+
+    def position(self, step: int) -> dict[str, int]:
+        """The epoch and the batch within it that step `step` (0-based) trains on."""
+        return {"epoch": step // self.batches_per_epoch, "batch": step % self.batches_per_epoch}
+
+    def records(self, step: int) -> list[int]:
+        position = self.position(step)
+        if position["epoch"] != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed + position["epoch"])
+            self._epoch = position["epoch"]
+            self._permutation = torch.randperm(self.num_records, generator=generator).tolist()
+        start = position["batch"] * self.global_batch + self.rank * self.batch_size
+        return self._permutation[start : start + self.batch_size]

@@ -1,0 +1,87 @@
+"""The losses of predictor training (DESIGN §5.2) and the LM objective that marking differentiates.
+
+Per-row means keep each row's loss independent of what it is batched with: the saliency of a row's tokens is the
+gradient of that row's loss alone.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .data import IGNORE_INDEX
+
+
+def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions [P], targets [B, P]): the positions whose next token carries a label in some row, and those labels
+    (IGNORE_INDEX where a row has none). Pass `positions` as `logits_to_keep` so the LM head runs only there."""
+    next_labels = labels[:, 1:]
+    positions = (next_labels != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+    return positions, next_labels[:, positions]
+
+
+def _row_mean(per_token: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    labelled = targets != IGNORE_INDEX
+    return (per_token * labelled).sum(1) / labelled.sum(1).clamp_min(1)
+
+
+def lm_loss_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[B]: each row's mean cross-entropy over its labelled tokens. logits [B, P, V] at `labelled_positions`."""
+    per_token = F.cross_entropy(
+        logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return _row_mean(per_token, targets)
+
+
+def kl_rows(logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[B]: each row's mean KL(teacher || student) of the next-token distributions at its labelled positions."""
+    log_student = logits.float().log_softmax(-1)
+    log_teacher = teacher_logits.float().log_softmax(-1)
+    per_token = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
+    return _row_mean(per_token, targets)
+
+
+def masked_mse(scores: torch.Tensor, saliency: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between predictor scores and saliency over the candidate tokens."""
+    error = (scores - saliency).pow(2) * candidates
+    return error.sum() / candidates.sum().clamp_min(1)
+
+
+def _pairs(
+    candidates: torch.Tensor, max_pairs: int, generator: Optional[torch.Generator]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(i, j, usable) [B, P] token pairs per row: every ordered pair when N * N <= max_pairs, else max_pairs pairs
+    drawn uniformly (with replacement) among the row's candidates."""
+    B, N = candidates.shape
+    if N * N <= max_pairs:
+        grid = torch.arange(N, device=candidates.device)
+        i, j = grid.repeat_interleave(N).expand(B, -1), grid.repeat(N).expand(B, -1)
+    else:
+        weights = candidates.float()
+        weights[~candidates.any(1)] = 1.0  # a row without candidates: any draw, all unusable
+        i = torch.multinomial(weights, max_pairs, replacement=True, generator=generator)
+        j = torch.multinomial(weights, max_pairs, replacement=True, generator=generator)
+    return i, j, candidates.gather(1, i) & candidates.gather(1, j) & (i != j)
+
+
+def ranking_loss(
+    scores: torch.Tensor,
+    saliency: torch.Tensor,
+    candidates: torch.Tensor,
+    max_pairs: int,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """The paper's pairwise ranking loss log(1 + exp(-(s_i - s_j) * sign(sal_i - sal_j))), averaged (not summed, so
+    that its scale does not grow with the sequence length) over candidate pairs with different saliency."""
+    i, j, usable = _pairs(candidates, max_pairs, generator)
+    order = torch.sign(saliency.gather(1, i) - saliency.gather(1, j))
+    usable = usable & (order != 0)
+    loss = F.softplus(-(scores.gather(1, i) - scores.gather(1, j)) * order)
+    return (loss * usable).sum() / usable.sum().clamp_min(1)
+
+
+def keep_ratio_loss(kept: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared gap between the fraction of the prompt each stage kept and the schedule's, averaged over stages and
+    rows (DynamicViT's ratio loss). kept, target: [S, B]."""
+    return (kept - target).pow(2).mean()

@@ -1,0 +1,24 @@
+"""The SDTP schedule applied to a training batch: which tokens no stage may drop, and how many each stage keeps."""
+from __future__ import annotations
+
+import torch
+
+from python_ref.select_tokens import protected_mask
+
+from ..config import SDTPConfig
+
+
+def protected_tokens(config: SDTPConfig, prompt_mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """[B, N] bool: the tokens every stage keeps. Those of the prompt that inference protects (the first num_sink and
+    the last ceil(local_ratio * L) of its L tokens), and every real token outside the prompt (an answer: at
+    inference it is generated, never pruned)."""
+    lengths = prompt_mask.sum(1).tolist()
+    local = torch.tensor([config.local_count(n) for n in lengths], device=prompt_mask.device)
+    return protected_mask(prompt_mask, config.num_sink, local) | (real.bool() & ~prompt_mask)
+
+
+def keep_fractions(config: SDTPConfig, prompt_mask: torch.Tensor, num_stages: int) -> torch.Tensor:
+    """[S, B] float: the fraction of each row's prompt that stage s = 1..S keeps at inference."""
+    lengths = prompt_mask.sum(1).tolist()
+    fractions = [[config.kept_count(n, s) / n for n in lengths] for s in range(1, num_stages + 1)]
+    return torch.tensor(fractions, device=prompt_mask.device)

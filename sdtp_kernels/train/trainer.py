@@ -1,0 +1,224 @@
+"""Predictor training (DESIGN §5.2): the LLM frozen, only the SDTP predictors learn. One process, or several under
+`torchrun` (DistributedDataParallel over the predictors; NCCL on GPUs, gloo on CPU). Only rank 0 writes.
+
+Writes to `out`: `checkpoint.pt` every `save_every` steps and at the end (what `resume` continues from exactly),
+`train_log.jsonl` (every step's loss terms and `kept`, the fraction of the prompts alive after the last stage,
+averaged over processes), `train_options.json`, and the trained predictors through `save_sdtp`
+(`sdtp_config.json`, `sdtp_predictors.safetensors`: `apply_sdtp(model, out)` loads them).
+
+All randomness of a step (Gumbel noise, sampled ranking pairs) comes from a generator seeded by (seed, step, rank),
+and the data order is a function of (seed, step) (`BatchOrder`): a checkpoint's step is its data position and its
+random state, so that 2 steps + resume + 2 steps gives bitwise the weights of 4 steps straight.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ..hf.families import family_of
+from ..hf.patch import apply_sdtp, save_sdtp, sdtp_disabled, sdtp_predictors
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .data import Batch, BatchOrder, collate, read_examples
+from .losses import labelled_positions
+from .model import load_frozen_model
+from .objective import PredictorObjective
+from .options import SaliencyOptions, TrainOptions
+from .saliency import token_saliency
+from .shards import SaliencyShards, batch_saliency
+
+LOG_FILE = "train_log.jsonl"
+OPTIONS_FILE = "train_options.json"
+
+
+class _Processes:
+    """This process's place in a torchrun job (or a lone process): rank, world size, device."""
+
+    def __init__(self, device: Optional[str]):
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device is None:
+            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.owns_group = world > 1 and not dist.is_initialized()
+        if self.owns_group:
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.distributed = dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            values = values.clone()
+            dist.all_reduce(values)
+            values /= self.world
+        return values
+
+    def close(self) -> None:
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+def _generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    digest = hashlib.sha256(f"sdtp-train:{seed}:{step}:{rank}".encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def _lr_factor(options: TrainOptions):
+    def factor(step: int) -> float:
+        if step < options.warmup_steps:
+            return (step + 1) / options.warmup_steps
+        if options.lr_schedule == "constant":
+            return 1.0
+        progress = (step - options.warmup_steps) / max(1, options.max_steps - options.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@torch.no_grad()
+def _unpruned_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
+    positions, _ = labelled_positions(batch.labels)
+    with sdtp_disabled(model):
+        return model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=positions, use_cache=False
+        ).logits
+
+
+def _check_marking(
+    marking: SaliencyShards, stage_layers: list[int], num_records: int, options: Optional[SaliencyOptions]
+) -> None:
+    marked = SaliencyOptions.from_description(marking.index)
+    if options is not None and options != marked:
+        raise ValueError(
+            f"{marking.directory} holds saliency marked with {marked}, not the requested {options}; drop the saliency "
+            "options to train on it, or mark again"
+        )
+    if marking.index["stage_layers"] != stage_layers:
+        raise ValueError(
+            f"{marking.directory} was marked at the inputs of layers {marking.index['stage_layers']}, but this "
+            f"schedule's stage layers are {stage_layers}; mark with the same --start-layer, --layer-step, --num-stages"
+        )
+    if len(marking) != num_records:
+        raise ValueError(f"{marking.directory} marked {len(marking)} records, the training data has {num_records}")
+
+
+def _trim_log(out: str, step: int) -> None:
+    """Drop log lines past `step`: those of a run that stopped after its last checkpoint."""
+    path = os.path.join(out, LOG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(kept)
+
+
+def train(options: TrainOptions) -> nn.Module:
+    """Train the predictors of `options.model` and return the model with them applied."""
+    processes = _Processes(options.device)
+    try:
+        return _train(options, processes)
+    finally:
+        processes.close()
+
+
+def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
+    device, out = processes.device, options.out
+    if not options.resume and os.path.exists(checkpoint_path(out)):
+        raise ValueError(f"{out} already holds a training checkpoint; pass --resume to continue it, or another --out")
+
+    model = load_frozen_model(options.model, options.dtype, device)
+    torch.manual_seed(options.seed)  # the predictors' initial weights (DDP also broadcasts rank 0's)
+    apply_sdtp(model, options.sdtp)
+    predictors = sdtp_predictors(model).float().requires_grad_(True).train()
+    num_stages = len(predictors)
+
+    examples = list(read_examples(options.data, options.model, model.get_input_embeddings().num_embeddings,
+                                  options.max_length))
+    marking = None
+    if options.saliency_dir is not None:
+        marking = SaliencyShards(options.saliency_dir)
+        stage_layers = options.sdtp.stage_layers(len(family_of(model).decoder_layers(model)))
+        _check_marking(marking, stage_layers, len(examples), options.saliency)
+    order = BatchOrder(len(examples), options.batch_size, processes.world, processes.rank, options.seed)
+
+    objective = PredictorObjective(model, options.sdtp, predictors, options.loss)
+    step_fn = DistributedDataParallel(objective) if processes.distributed else objective
+    optimizer = torch.optim.AdamW(predictors.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(options))
+
+    identity = {
+        "sdtp_config": options.sdtp.to_dict(),
+        "seed": options.seed,
+        "global_batch": options.batch_size * processes.world,
+        "num_records": len(examples),
+        "num_stages": num_stages,
+    }
+    step = 0
+    if options.resume:
+        state = load_checkpoint(out, identity)
+        predictors.load_state_dict(state["predictors"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+    if processes.main:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, OPTIONS_FILE), "w") as f:
+            f.write(options.to_json())
+        _trim_log(out, step)
+
+    progress = tqdm(total=options.max_steps, initial=step, desc="sdtp train", disable=not processes.main)
+    while step < options.max_steps:
+        records = order.records(step)
+        batch = collate([examples[r] for r in records], records).to(device)
+        if marking is not None:
+            saliency = batch_saliency(marking, batch)
+        else:
+            saliency = token_saliency(model, options.sdtp, batch, options.saliency or SaliencyOptions())
+        teacher = _unpruned_logits(model, batch) if options.loss.task == "kl" else None
+        terms = step_fn(batch, saliency, teacher, _generator(options.seed, step, processes.rank, device))
+
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if options.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(predictors.parameters(), options.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+
+        names = list(terms)
+        values = processes.mean(torch.stack([terms[name].detach().float() for name in names])).tolist()
+        metrics = dict(zip(names, values))
+        progress.update(1)
+        progress.set_postfix(loss=f"{metrics['loss']:.4f}", kept=f"{metrics['kept']:.3f}")
+        if processes.main:
+            with open(os.path.join(out, LOG_FILE), "a") as f:
+                f.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **metrics}) + "\n")
+            if step == options.max_steps or (options.save_every and step % options.save_every == 0):
+                save_checkpoint(out, {
+                    "identity": identity,
+                    "step": step,
+                    "data_position": order.position(step),
+                    "predictors": predictors.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                })
+    progress.close()
+    if processes.main:
+        save_sdtp(model, out)
+    return model

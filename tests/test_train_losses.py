@@ -1,0 +1,91 @@
+"""The pieces of the training loss: ranking pairs, Gumbel keep decisions, the policy attention mask."""
+import math
+
+import pytest
+import torch
+
+from python_ref.masked_forward import keep_policy
+from sdtp_kernels.config import SDTPConfig
+from sdtp_kernels.train.attention import POLICY_EPS, policy_attention_mask
+from sdtp_kernels.train.gumbel import hard_gumbel_keep, next_alive
+from sdtp_kernels.train.losses import keep_ratio_loss, ranking_loss
+from sdtp_kernels.train.schedule import keep_fractions, protected_tokens
+
+
+def test_ranking_loss_all_pairs_by_hand():
+    scores = torch.tensor([[2.0, 0.0, 1.0, 5.0]])
+    saliency = torch.tensor([[3.0, 1.0, 1.0, 9.0]])
+    candidates = torch.tensor([[True, True, True, False]])
+    # Ordered candidate pairs with different saliency: (0,1), (1,0), (0,2), (2,0); tokens 1 and 2 tie.
+    expected = (2 * math.log1p(math.exp(-2.0)) + 2 * math.log1p(math.exp(-1.0))) / 4
+    assert ranking_loss(scores, saliency, candidates, max_pairs=16).item() == pytest.approx(expected)
+
+
+def test_ranking_loss_sampled_pairs_estimate_all_pairs():
+    g = torch.Generator().manual_seed(0)
+    scores, saliency = torch.randn(2, 40, generator=g), torch.randn(2, 40, generator=g)
+    candidates = torch.rand(2, 40, generator=g) < 0.7
+    exact = ranking_loss(scores, saliency, candidates, max_pairs=40 * 40)
+    sampled = ranking_loss(scores, saliency, candidates, max_pairs=20000, generator=g)
+    assert sampled.item() == pytest.approx(exact.item(), rel=0.03)
+    nothing = torch.zeros(2, 40, dtype=torch.bool)  # a batch without candidates: no pairs, no loss, no error
+    assert ranking_loss(scores, saliency, nothing, max_pairs=100, generator=g).item() == 0
+
+
+def test_hard_gumbel_keep_is_straight_through():
+    logits = torch.randn(3, 50, 2, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    keep = hard_gumbel_keep(logits, tau=0.5, generator=torch.Generator().manual_seed(0))
+    assert set(keep.unique().tolist()) <= {0.0, 1.0}
+    again = hard_gumbel_keep(logits, tau=0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(keep, again)
+    keep.sum().backward()
+    # d(soft keep)/d(logits): positive for KEEP, negative for DROP (0 where the softmax saturates in float32).
+    assert torch.all(logits.grad[..., 0] >= 0) and torch.all(logits.grad[..., 1] <= 0)
+    assert (logits.grad[..., 0] > 0).float().mean() > 0.9
+
+
+def test_next_alive_keeps_protected_and_never_revives():
+    alive = torch.tensor([[False, True, True, True, True, False]])
+    protected = torch.tensor([[False, True, False, False, False, False]])
+    drop_all = torch.tensor([0.0, 50.0]).expand(1, 6, 2)  # DROP wins whatever the noise
+    after = next_alive(drop_all, alive, protected, tau=1.0, generator=torch.Generator().manual_seed(0))
+    assert after.tolist() == [[0.0, 1.0, 0.0, 0.0, 0.0, 0.0]]
+    keep_all = torch.tensor([50.0, 0.0]).expand(1, 6, 2)
+    assert next_alive(keep_all, after, protected, 1.0).tolist() == after.tolist()
+
+
+def test_protected_tokens_and_keep_fractions():
+    config = SDTPConfig(num_sink=2, local_ratio=0.2, keep_ratio=0.5)
+    # Row: 2 padding, a 10-token prompt, a 2-token answer.
+    prompt = torch.tensor([[False] * 2 + [True] * 10 + [False] * 2])
+    real = torch.tensor([[False] * 2 + [True] * 12])
+    expected = [False] * 2 + [True] * 2 + [False] * 6 + [True] * 2 + [True] * 2
+    assert protected_tokens(config, prompt, real).tolist() == [expected]
+    # Stage 1 keeps ceil(0.5 * 10) = 5, stage 2 ceil(0.25 * 10) = 3, raised to the 4 protected.
+    torch.testing.assert_close(keep_fractions(config, prompt, 2), torch.tensor([[0.5], [0.4]]))
+    assert keep_ratio_loss(torch.tensor([[0.7], [0.4]]), torch.tensor([[0.5], [0.4]])).item() == pytest.approx(0.02)
+
+
+def test_policy_mask_is_softmax_with_policy():
+    """softmax(scores + mask) is DynamicViT's softmax_with_policy, exp(s) * policy / sum(exp(s) * policy), up to
+    POLICY_EPS: in value and in its gradient with respect to the keep decisions."""
+    g = torch.Generator().manual_seed(0)
+    B, N = 2, 7
+    scores = torch.randn(B, 1, N, N, generator=g, dtype=torch.float64)
+    real = torch.ones(B, N, dtype=torch.bool)
+    real[1, :2] = False
+    keep = torch.tensor([[1.0, 0, 1, 1, 0, 1, 1], [0.0, 0, 1, 0, 1, 1, 1]], dtype=torch.float64, requires_grad=True)
+    policy = keep_policy(keep * real, N)  # causal, padding and dropped keys 0; a token always sees itself
+
+    ours = (scores + policy_attention_mask(policy, real, torch.float64)).softmax(-1)
+    weights = scores.exp() * policy
+    dynamic_vit = weights / weights.sum(-1, keepdim=True)
+    torch.testing.assert_close(ours, dynamic_vit, rtol=0, atol=10 * POLICY_EPS)
+    causal = torch.ones(N, N, dtype=torch.bool).tril()
+    assert torch.all(ours[..., ~causal] == 0) and torch.all(ours[1, ..., :2][..., 2:, :] == 0)  # exact zeros
+
+    target = torch.randn(B, 1, N, N, generator=g, dtype=torch.float64)
+    (grad_ours,) = torch.autograd.grad((ours * target).sum(), keep, retain_graph=True)
+    (grad_ref,) = torch.autograd.grad((dynamic_vit * target).sum(), keep)
+    torch.testing.assert_close(grad_ours, grad_ref, rtol=1e-4, atol=10 * POLICY_EPS)
+    assert grad_ours[0, 1].abs() > 1e-3  # a dropped key's decision learns
