@@ -11,11 +11,9 @@ not on which. Dense runs are the same model with pruning switched off (sdtp_disa
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import json
 import platform
-import time
 
 import torch
 import transformers
@@ -23,6 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.hf import apply_sdtp, sdtp_disabled
+from sdtp_kernels.measure import CLOCKS, FLOPS_METHOD, PEAK_MEM_METHOD, flops, layer_tokens, measure
 
 PRESETS = {
     "cpu": dict(
@@ -36,19 +35,6 @@ PRESETS = {
         dtype=torch.bfloat16, contexts=[4096, 16384, 32768, 131072], new_tokens=128,
     ),
 }
-PEAK_MEM_METHOD = {
-    "cuda": "torch.cuda.max_memory_allocated during the call, minus the memory allocated before it",
-    "cpu": "process peak resident memory (VmHWM, reset through /proc/self/clear_refs) during the call, minus the "
-    "resident memory before it",
-}
-FLOPS_METHOD = (
-    "2 FLOPs per multiply-add of every matrix product: per decoder layer q/k/v/o projections and the gated MLP for "
-    "each token the layer holds, QK^T and AV over all query-key pairs (the full n x m product, as the paper's "
-    "Table 2 counts it, not the causal half), the LM head for each generated token, and for SDTP the predictors; "
-    "norms, activations and softmax are not counted"
-)
-
-
 def build_model(preset: dict, device: str) -> LlamaForCausalLM:
     config = LlamaConfig(**preset["model"])
     config._attn_implementation = "sdpa"
@@ -57,79 +43,6 @@ def build_model(preset: dict, device: str) -> LlamaForCausalLM:
     model.generation_config.eos_token_id = None  # always generate the requested number of tokens
     model.generation_config.pad_token_id = 0
     return model
-
-
-def layer_tokens(sdtp: SDTPConfig, num_layers: int, length: int) -> list[int]:
-    """Tokens each decoder layer holds after an SDTP prefill of one `length`-token prompt."""
-    stages = sdtp.stage_layers(num_layers)
-    return [sdtp.kept_count(length, sum(s <= layer for s in stages)) for layer in range(num_layers)]
-
-
-def flops(config: LlamaConfig, tokens: list[int], new_tokens: int, predictor: tuple[int, list[int]] = (0, [])):
-    """(prefill, end to end) FLOPs of one prompt whose layers hold `tokens`; predictor = (hidden width, the
-    stage layers it scores before)."""
-    d, inter, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
-    head_dim = d // config.num_attention_heads
-    q_width, kv_width = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
-    per_token = 2 * (d * (q_width + 2 * kv_width) + q_width * d + 3 * d * inter)
-    pairs = 2 * 2 * q_width  # QK^T and AV, per query-key pair
-
-    def step(queries: list[int], keys: list[int]) -> int:
-        return sum(per_token * q + pairs * q * k for q, k in zip(queries, keys)) + 2 * d * vocab
-
-    width, stage_layers = predictor
-    scoring = sum(2 * tokens[layer - 1] * (d * width + width) for layer in stage_layers)
-    prefill = step(tokens, tokens) + scoring
-    decode = sum(step([1] * len(tokens), [n + t for n in tokens]) for t in range(1, new_tokens))
-    return prefill, prefill + decode
-
-
-class PeakMemory:
-    """Additional memory at the peak of the enclosed block (see PEAK_MEM_METHOD)."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.bytes = 0
-
-    @staticmethod
-    def _rss(field: str) -> int:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
-
-    def __enter__(self):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed blocks back so that they do not hide the peak
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current resident size
-            self.base = self._rss("VmRSS:")
-        return self
-
-    def __exit__(self, *exc):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            self.bytes = torch.cuda.max_memory_allocated() - self.base
-        else:
-            self.bytes = self._rss("VmHWM:") - self.base
-
-
-# wall: latency. cpu: the process's CPU time, which other processes on a shared machine do not inflate; equal to
-# the latency of a single-threaded run (--threads 1) on an idle machine, but not of a multi-threaded one.
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def measure(fn, device: str, clock) -> tuple[float, int]:
-    """(time, peak additional memory) of one call."""
-    with PeakMemory(device) as memory:
-        start = clock()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        seconds = clock() - start
-    return seconds, memory.bytes
 
 
 def dense_and_sdtp(model, fn, device: str, repeats: int, clock) -> tuple[tuple[float, int], tuple[float, int]]:

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from .demo import add_commands as add_demo_command
 from .train.cli import add_commands as add_training_commands
 
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="print how this installation was built (JSON)")
     info.set_defaults(run=_info)
+    add_demo_command(commands)
     add_training_commands(commands)
     return parser
 
