@@ -6,6 +6,7 @@ import json
 import sys
 
 from .demo import add_commands as add_demo_command
+from .evaluate import add_commands as add_eval_command
 from .train.cli import add_commands as add_training_commands
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
     add_demo_command(commands)
     add_training_commands(commands)
+    add_eval_command(commands)
     return parser
 
 

@@ -1,0 +1,121 @@
+"""`sdtp eval` on a tiny random Llama: the results JSON has its documented shape, the random baseline keeps the same
+counts and protected tokens as SDTP, and the attention baseline keeps the tokens the last token attends to most."""
+import argparse
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from hf_tiny import PRUNING, VOCAB, cache_of, prompts, tiny_model
+
+from python_ref.select_tokens import protected_mask
+from sdtp_kernels import evaluate as E
+from sdtp_kernels.hf import apply_sdtp, key_positions, remove_sdtp, save_sdtp
+
+
+def _kept_sets(model, ids, mask, scorer_context):
+    with scorer_context:
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    return key_positions(cache_of(out))
+
+
+def test_cli_writes_the_documented_json_and_plot(tmp_path):
+    model = tiny_model("llama", "eager")
+    model.save_pretrained(tmp_path / "model")
+    torch.manual_seed(0)
+    apply_sdtp(model, PRUNING)
+    save_sdtp(model, tmp_path / "predictors")
+    g = torch.Generator().manual_seed(0)
+    with open(tmp_path / "data.jsonl", "w") as f:
+        for i in range(6):
+            length = 30 + 2 * i  # different lengths: left padding inside a batch
+            ids = torch.randint(1, VOCAB, (length,), generator=g).tolist()
+            f.write(json.dumps({"input_ids": ids, "answer": [ids[10]], "answer_position": 10}) + "\n")
+
+    parser = argparse.ArgumentParser()
+    E.add_commands(parser.add_subparsers())
+    out, png = tmp_path / "results" / "quality.json", tmp_path / "quality.png"
+    args = parser.parse_args([
+        "eval", "--model", str(tmp_path / "model"), "--predictors", str(tmp_path / "predictors"),
+        "--data", str(tmp_path / "data.jsonl"), "--out", str(out), "--plot", str(png), "--keep-ratios", "0.9,0.7",
+        "--batch-size", "4", "--spearman-count", "4", "--device", "cpu",
+    ])
+    assert args.run(args) == 0
+    results = json.loads(out.read_text())
+
+    ratios = {"0.9", "0.7"}
+    assert set(results) >= {"accuracy", "agreement", "spearman", "config", "command", "machine", "date"}
+    assert 0 <= results["accuracy"]["none"] <= 1
+    for method in ("sdtp", "random", "attention"):
+        assert set(results["accuracy"][method]) == ratios
+        assert set(results["agreement"]["top1"][method]) == ratios
+        assert set(results["agreement"]["kl"][method]) == ratios
+        assert all(0 <= a <= 1 for a in results["accuracy"][method].values())
+        assert all(0 <= a <= 1 for a in results["answer_kept"][method].values())
+    assert results["kept_fraction"]["0.7"] < results["kept_fraction"]["0.9"] < 1
+    spearman = results["spearman"]
+    assert -1 <= spearman["trained"] <= 1 and -1 <= spearman["untrained"] <= 1
+    assert len(spearman["trained_per_stage"]) == len(PRUNING.stage_layers(8))
+    assert results["config"]["prompts"] == 6 and results["config"]["stage_layers"] == [2, 4, 6]
+    assert png.stat().st_size > 0
+
+
+def test_random_baseline_keeps_the_same_counts_and_protected_tokens():
+    model = apply_sdtp(tiny_model("llama", "eager"), PRUNING)
+    ids, mask = prompts(batch=2)
+    sdtp = _kept_sets(model, ids, mask, E.scoring(model, None))
+    rand = _kept_sets(model, ids, mask, E.scoring(model, E.random_scorer(0)))
+    lengths = mask.sum(1).tolist()
+    protected = protected_mask(mask.bool(), PRUNING.num_sink, torch.tensor([PRUNING.local_count(n) for n in lengths]))
+    assert len(sdtp) == len(rand) == 3
+    differs = False
+    for stage, (a, b) in enumerate(zip(sdtp, rand), start=1):
+        assert a.shape == b.shape
+        assert ((a >= 0).sum(1) == (b >= 0).sum(1)).all()
+        assert (b >= 0).sum(1).tolist() == [PRUNING.kept_count(n, stage) for n in lengths]
+        for row in range(2):
+            kept = set(b[row][b[row] >= 0].tolist())
+            assert set(protected[row].nonzero().squeeze(1).tolist()) <= kept
+        differs |= not torch.equal(a, b)
+    assert differs
+    remove_sdtp(model)
+
+
+def test_attention_baseline_keeps_the_most_attended_tokens():
+    config = dataclasses.replace(PRUNING, num_stages=1)
+    model = tiny_model("llama", "eager")
+    ids, mask = prompts(batch=2)
+    with torch.no_grad():
+        attentions = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+    # The layer before the stage layer, the last token's row, averaged over heads.
+    scores = attentions[config.start_layer - 1][:, :, -1, :].mean(1)
+    apply_sdtp(model, config)
+    with E.attention_scorer(model, config.stage_layers(8)) as scorer:
+        (kept,) = _kept_sets(model, ids, mask, E.scoring(model, scorer))
+    lengths = mask.sum(1).tolist()
+    protected = protected_mask(mask.bool(), config.num_sink, torch.tensor([config.local_count(n) for n in lengths]))
+    for row, length in enumerate(lengths):
+        free = mask[row].bool() & ~protected[row]
+        budget = config.kept_count(length, 1) - int(protected[row].sum())
+        top = torch.topk(scores[row].masked_fill(~free, -1.0), budget).indices
+        expected = set(top.tolist()) | set(protected[row].nonzero().squeeze(1).tolist())
+        assert set(kept[row][kept[row] >= 0].tolist()) == expected
+    remove_sdtp(model)
+
+
+def test_attention_baseline_needs_eager_attention():
+    model = apply_sdtp(tiny_model("llama", "sdpa"), PRUNING)
+    with pytest.raises(ValueError, match="eager"):
+        with E.attention_scorer(model, [2]):
+            pass
+    remove_sdtp(model)
+
+
+def test_spearman():
+    x = torch.tensor([0.1, 0.5, 0.3, 0.9])
+    assert E.spearman(x, x.exp()) == pytest.approx(1.0)
+    assert E.spearman(x, -x) == pytest.approx(-1.0)
+    # Ties take their average rank: ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4).
+    assert E.spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.arange(4.0)) == pytest.approx(math.sqrt(0.9))
+    assert math.isnan(E.spearman(torch.ones(3), torch.arange(3.0)))
