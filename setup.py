@@ -39,9 +39,12 @@ def build_cuda():
 
 def extension():
     sources = ["csrc/registration.cpp", "csrc/validate.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    cxx = ["-O3"]  # the C++ standard is the one torch asks for (C++20 from torch 2.10 on)
+    # The C++ standard is the one torch asks for (C++20 from torch 2.10 on). -fopenmp: at::parallel_for is inlined
+    # into our code and runs serially without it.
+    cxx = ["-O3", "-fopenmp"]
+    link = ["-fopenmp"]
     if not build_cuda():
-        return CppExtension("sdtp_kernels._C", sources, extra_compile_args={"cxx": cxx})
+        return CppExtension("sdtp_kernels._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     archs = os.environ["TORCH_CUDA_ARCH_LIST"]
     macros = ["-DSDTP_WITH_CUDA", f'-DSDTP_CUDA_ARCHS="{archs}"']
     nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr", *macros]
@@ -49,6 +52,7 @@ def extension():
         "sdtp_kernels._C",
         sources + sorted(glob.glob("csrc/cuda/*.cu")),
         extra_compile_args={"cxx": cxx + macros, "nvcc": nvcc},
+        extra_link_args=link,
     )
 
 

@@ -41,10 +41,10 @@ def _load(model_dir: Path, predictors: Path | None, device: str):
     from .hf import apply_sdtp
 
     if not model_dir.is_dir():
-        raise SystemExit(f"sdtp demo: no model directory at {model_dir} (pass --model DIR)")
+        raise FileNotFoundError(f"no model directory at {model_dir} (pass --model DIR)")
     predictors = predictors or model_dir / "sdtp"
     if not predictors.is_dir():
-        raise SystemExit(f"sdtp demo: no trained predictors at {predictors} (pass --predictors DIR, written by "
+        raise FileNotFoundError(f"no trained predictors at {predictors} (pass --predictors DIR, written by "
                          "`sdtp train` or save_sdtp)")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     model.generation_config.eos_token_id = None  # generate exactly the requested number of tokens

@@ -551,14 +551,6 @@ def _ratios(text: str) -> list[float]:
     return values
 
 
-def _run_eval(args: argparse.Namespace) -> int:
-    try:
-        return _eval(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"sdtp eval: error: {e}", file=sys.stderr)
-        return 2
-
-
 def _eval(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
@@ -670,4 +662,4 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="random baseline and untrained predictors")
     parser.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
-    parser.set_defaults(run=_run_eval)
+    parser.set_defaults(run=_eval)

@@ -1,6 +1,5 @@
 """Predictor training end to end on a tiny Llama: a step lowers the loss, resume is exact, 2-process DDP agrees,
 and the `sdtp mark` / `sdtp train` commands run on a model directory without a tokenizer."""
-import argparse
 import json
 import os
 import socket
@@ -12,8 +11,8 @@ from hf_tiny import PRUNING, VOCAB, tiny_model
 from safetensors.torch import load_file
 
 import sdtp_kernels.train.trainer as trainer
+from sdtp_kernels.cli import main
 from sdtp_kernels.hf import apply_sdtp, sdtp_predictors
-from sdtp_kernels.train.cli import add_commands
 from sdtp_kernels.train.data import collate, read_examples
 from sdtp_kernels.train.objective import PredictorObjective
 from sdtp_kernels.train.options import LossOptions, TrainOptions
@@ -120,10 +119,7 @@ def test_two_process_ddp_agrees(workdir, tmp_path):
 
 
 def _sdtp(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="sdtp")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.run(args)
+    return main(list(argv))
 
 
 def test_cli_mark_then_train(workdir, tmp_path, capsys):

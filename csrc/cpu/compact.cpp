@@ -30,15 +30,12 @@ void check_index_range(const at::Tensor& index, int64_t N, const char* op) {
                     hi, "]");
 }
 
-// Copies rows for one (b, o) pair: K destination rows from `idx`.
-inline void copy_rows(const RowCopy& c, int64_t b, int64_t o, const int64_t* idx, int64_t K, char* dst) {
-  const char* src = c.src + ((b * c.outer + o) * c.N) * c.row_bytes;
-  for (int64_t j = 0; j < K; ++j, dst += c.row_bytes) {
-    if (idx[j] < 0)
-      std::memset(dst, 0, c.row_bytes);
-    else
-      std::memcpy(dst, src + idx[j] * c.row_bytes, c.row_bytes);
-  }
+// Copies one row: x[b, o, i] to dst, or zeros when i == -1.
+inline void copy_row(const RowCopy& c, int64_t b, int64_t o, int64_t i, char* dst) {
+  if (i < 0)
+    std::memset(dst, 0, c.row_bytes);
+  else
+    std::memcpy(dst, c.src + ((b * c.outer + o) * c.N + i) * c.row_bytes, c.row_bytes);
 }
 
 at::Tensor compact_cpu(const at::Tensor& x_in, const at::Tensor& index_in, int64_t dim) {
@@ -55,11 +52,12 @@ at::Tensor compact_cpu(const at::Tensor& x_in, const at::Tensor& index_in, int64
   const RowCopy c{static_cast<const char*>(x.data_ptr()), outer, N, prod(x, d + 1, x.dim()) * x.element_size()};
   char* dst = static_cast<char*>(out.data_ptr());
   const int64_t* idx = index.data_ptr<int64_t>();
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, K * c.row_bytes));
-  at::parallel_for(0, B * outer, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t bo = begin; bo < end; ++bo) {
-      const int64_t b = bo / outer, o = bo % outer;
-      copy_rows(c, b, o, idx + b * K, K, dst + bo * K * c.row_bytes);
+  // Parallel over every output row (not per batch row, so that B = 1 uses all threads), in chunks of >= 64 KiB.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / c.row_bytes);
+  at::parallel_for(0, B * outer * K, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t bo = r / K, j = r % K, b = bo / outer;
+      copy_row(c, b, bo % outer, idx[b * K + j], dst + r * c.row_bytes);
     }
   });
   return out;
@@ -93,7 +91,7 @@ std::tuple<at::Tensor, at::Tensor, c10::SymInt> compact_varlen_cpu(const at::Ten
       const int64_t* row_idx = idx + b * K;
       for (int64_t j = 0; j < K; ++j) {
         if (row_idx[j] < 0) continue;
-        copy_rows(c, b, 0, row_idx + j, 1, row_dst);
+        copy_row(c, b, 0, row_idx[j], row_dst);
         row_dst += c.row_bytes;
       }
     }

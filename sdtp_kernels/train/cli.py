@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 from typing import Optional
 
 from ..config import SDTPConfig
@@ -70,23 +69,6 @@ def _saliency(args: argparse.Namespace) -> Optional[SaliencyOptions]:
     return SaliencyOptions(**{name: value for name, value in given.items() if value is not None})
 
 
-def _report_errors(command: str):
-    """Bad input (data, model directory, options) ends the command with its message, not a traceback."""
-
-    def decorate(run):
-        def wrapped(args: argparse.Namespace) -> int:
-            try:
-                return run(args)
-            except (ValueError, FileNotFoundError) as e:
-                print(f"sdtp {command}: error: {e}", file=sys.stderr)
-                return 2
-
-        return wrapped
-
-    return decorate
-
-
-@_report_errors("mark")
 def _run_mark(args: argparse.Namespace) -> int:
     from .mark import mark
 
@@ -98,7 +80,6 @@ def _run_mark(args: argparse.Namespace) -> int:
     return 0
 
 
-@_report_errors("train")
 def _run_train(args: argparse.Namespace) -> int:
     from .trainer import train
 
