@@ -168,7 +168,8 @@ def add_commands(commands) -> None:
     demo.add_argument("--model", default=str(DEFAULT_MODEL), help="local model directory (default: the reference model)")
     demo.add_argument("--predictors", help="directory written by save_sdtp (default: MODEL/sdtp)")
     demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    demo.add_argument("--batch", type=int, default=32, help="prompts per batch (large enough that compute, not per-call overhead, dominates)")
+    demo.add_argument("--batch", type=int, default=32,
+                      help="prompts per batch (large enough that compute, not per-call overhead, dominates)")
     demo.add_argument("--context", type=int, help="prompt length (default: the task's, or 4096 for random prompts)")
     demo.add_argument("--new-tokens", type=int, default=16)
     demo.add_argument("--repeats", type=int, default=3, help="prefill timings; the best is reported")
