@@ -22,15 +22,10 @@ def _prompts(model_dir: Path, batch: int, context: int | None, vocab_size: int, 
     """(input_ids [B, N], answers or None). Held-out task prompts when the model directory describes its task."""
     task_file = model_dir / "task.json"
     if task_file.exists():
-        from .tasks.retrieval import RetrievalTask, RetrievalTaskConfig
+        from .evaluate import task_prompts
 
-        described = json.loads(task_file.read_text())
-        overrides = {"seed": described.get("heldout_seed", seed)}
-        if context:
-            overrides["seq_len"] = context
-        task = RetrievalTask(RetrievalTaskConfig.from_dict(described["task"]), **overrides)
-        examples = task.examples(0, batch)
-        return torch.tensor([e.input_ids for e in examples]), torch.tensor([e.answer[0] for e in examples])
+        prompts = task_prompts(str(task_file), batch, seq_len=context)
+        return torch.tensor([p.input_ids for p in prompts]), torch.tensor([p.answer for p in prompts])
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(1, vocab_size, (batch, context or 4096), generator=generator), None
 

@@ -53,16 +53,16 @@ class Prompt:
 
 
 # --------------------------------------------------------------------------------------------------------- prompts
-def task_prompts(task_json: str, count: int, start: int = 0) -> list[Prompt]:
+def task_prompts(task_json: str, count: int, start: int = 0, seq_len: Optional[int] = None) -> list[Prompt]:
     """Held-out prompts of the retrieval task described by a task.json (its ``heldout_seed``; without one, the
-    task seed + 1000003, so never the training examples)."""
+    task seed + 1000003, so never the training examples); `seq_len` overrides the task's prompt length."""
     from .tasks.retrieval import RetrievalTask, RetrievalTaskConfig
 
     with open(task_json) as f:
         description = json.load(f)
     config = RetrievalTaskConfig.from_dict(description.get("task", description))
     seed = int(description.get("heldout_seed", config.seed + 1000003))
-    task = RetrievalTask(config, seed=seed)
+    task = RetrievalTask(config, seed=seed, **({"seq_len": seq_len} if seq_len else {}))
     return [Prompt(e.input_ids, e.answer[0], e.answer_position) for e in task.examples(start, count)]
 
 
