@@ -8,7 +8,7 @@ from python_ref.masked_forward import keep_policy
 from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.train.attention import POLICY_EPS, policy_attention_mask
 from sdtp_kernels.train.gumbel import hard_gumbel_keep, next_alive
-from sdtp_kernels.train.losses import keep_ratio_loss, ranking_loss
+from sdtp_kernels.train.losses import keep_ratio_loss, masked_mse, ranking_loss
 from sdtp_kernels.train.schedule import keep_fractions, protected_tokens
 
 
@@ -30,6 +30,24 @@ def test_ranking_loss_sampled_pairs_estimate_all_pairs():
     assert sampled.item() == pytest.approx(exact.item(), rel=0.03)
     nothing = torch.zeros(2, 40, dtype=torch.bool)  # a batch without candidates: no pairs, no loss, no error
     assert ranking_loss(scores, saliency, nothing, max_pairs=100, generator=g).item() == 0
+
+
+def test_masked_mse_compares_shapes_over_candidates_only():
+    scores = torch.tensor([[1.0, 2.0, 3.0, 100.0], [0.0, 0.0, 5.0, 5.0]])
+    saliency = torch.tensor([[-1.0, 0.0, 1.0, -50.0], [1.0, 1.0, 1.0, 1.0]])
+    candidates = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    # Row 0 is saliency + 2 on its candidates, row 1 a constant on its candidates: no error either way.
+    assert masked_mse(scores, saliency, candidates).item() == 0
+    # Any per-row shift of the scores (the keep-ratio term's business) leaves the loss unchanged.
+    g = torch.Generator().manual_seed(0)
+    scores, saliency = torch.randn(3, 30, generator=g), torch.randn(3, 30, generator=g)
+    candidates = torch.rand(3, 30, generator=g) < 0.6
+    shifted = scores + torch.tensor([[5.0], [-3.0], [0.5]])
+    unshifted = masked_mse(scores, saliency, candidates).item()
+    assert masked_mse(shifted, saliency, candidates).item() == pytest.approx(unshifted)
+    centred = [(scores[r][candidates[r]] - scores[r][candidates[r]].mean())
+               - (saliency[r][candidates[r]] - saliency[r][candidates[r]].mean()) for r in range(3)]
+    assert unshifted == pytest.approx(torch.cat(centred).pow(2).mean().item())
 
 
 def test_hard_gumbel_keep_is_straight_through():

@@ -43,9 +43,18 @@ def kl_rows(logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.T
 
 
 def masked_mse(scores: torch.Tensor, saliency: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between predictor scores and saliency over the candidate tokens."""
-    error = (scores - saliency).pow(2) * candidates
-    return error.sum() / candidates.sum().clamp_min(1)
+    """Mean squared error between predictor scores and saliency over each row's candidate tokens, both centred on
+    their row mean over the candidates. The score's offset is the keep probability that the keep-ratio term sets;
+    an uncentred MSE would pull it towards the saliency's mean (0 after z-scoring) and fight that term. Selection
+    by top-k is shift-invariant, so nothing the predictor is used for depends on the offset."""
+    weight = candidates.to(scores.dtype)
+    count = weight.sum(1, keepdim=True).clamp_min(1)
+
+    def centred(values: torch.Tensor) -> torch.Tensor:
+        return values - (values * weight).sum(1, keepdim=True) / count
+
+    error = (centred(scores) - centred(saliency)).pow(2) * weight
+    return error.sum() / weight.sum().clamp_min(1)
 
 
 def _pairs(
