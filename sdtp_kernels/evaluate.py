@@ -372,6 +372,62 @@ def _stage_inputs(model: nn.Module, stage_layers: Sequence[int], batch) -> list[
     return [inputs[index] for index in stage_layers]
 
 
+@dataclasses.dataclass(frozen=True)
+class MarkedBatch:
+    """A batch of prompts as a stage predictor sees them, with its training target."""
+
+    saliency: torch.Tensor  # [S, B, N] marked saliency (`train.saliency.token_saliency`)
+    stage_inputs: list[torch.Tensor]  # S x [B, N, D]: the hidden states entering each stage layer, unpruned
+    ranked: torch.Tensor  # [B, N] bool: the tokens a stage ranks (prompt tokens that are not protected)
+
+
+def mark_prompts(
+    model: nn.Module, config: SDTPConfig, prompts: Sequence[Prompt], saliency_options=None, batch_size: int = 16
+) -> list[MarkedBatch]:
+    """Each prompt followed by its answer, marked with the loss on the answer (what training marks)."""
+    from .hf.patch import apply_sdtp, remove_sdtp
+    from .train.data import Example, collate
+    from .train.options import SaliencyOptions
+    from .train.saliency import token_saliency
+    from .train.schedule import protected_tokens
+
+    options = saliency_options or SaliencyOptions()
+    device = next(model.parameters()).device
+    layers = config.stage_layers(len(_decoder_layers(model)))
+    examples = [Example(p.input_ids + [p.answer], [-100] * len(p.input_ids) + [p.answer], len(p.input_ids))
+                for p in prompts]
+    marked = []
+    apply_sdtp(model, config)
+    try:
+        for first in range(0, len(examples), batch_size):
+            batch = collate(examples[first : first + batch_size], range(first, first + batch_size)).to(device)
+            real = batch.attention_mask.bool()
+            marked.append(MarkedBatch(
+                token_saliency(model, config, batch, options).detach(),
+                _stage_inputs(model, layers, batch),
+                batch.prompt_mask & ~protected_tokens(config, batch.prompt_mask, real),
+            ))
+    finally:
+        remove_sdtp(model)
+    return marked
+
+
+def mean_spearman(score_fn: Scorer, marked: Sequence[MarkedBatch]) -> list[float]:
+    """Per stage: the mean over rows of Spearman(score_fn(stage, stage input) [B, N], marked saliency) over the
+    tokens that stage ranks (rows where either side is constant are left out)."""
+    per_stage: list[list[float]] = [[] for _ in marked[0].stage_inputs] if marked else []
+    with torch.no_grad():
+        for batch in marked:
+            for s, hidden in enumerate(batch.stage_inputs):
+                scores = score_fn(s, hidden)
+                for row in range(scores.shape[0]):
+                    ranked = batch.ranked[row]
+                    rho = spearman(scores[row][ranked], batch.saliency[s, row][ranked])
+                    if not math.isnan(rho):
+                        per_stage[s].append(rho)
+    return [sum(v) / len(v) if v else float("nan") for v in per_stage]
+
+
 def evaluate_spearman(
     model: nn.Module,
     config: SDTPConfig,
@@ -385,28 +441,11 @@ def evaluate_spearman(
     the marked saliency of the tokens a stage ranks. `predictor_states`: name -> state dict, or None for freshly
     initialised predictors (seeded by `seed`)."""
     from .hf.patch import apply_sdtp, remove_sdtp, sdtp_predictors
-    from .train.data import Example, collate
     from .train.options import SaliencyOptions
-    from .train.saliency import token_saliency
-    from .train.schedule import protected_tokens
 
     options = saliency_options or SaliencyOptions()
-    device = next(model.parameters()).device
     layers = config.stage_layers(len(_decoder_layers(model)))
-    # The prompt followed by its answer, the loss on the answer: what training marks.
-    examples = [Example(p.input_ids + [p.answer], [-100] * len(p.input_ids) + [p.answer], len(p.input_ids))
-                for p in prompts]
-    saliencies, stage_inputs, ranked = [], [], []
-    apply_sdtp(model, config)
-    try:
-        for first in range(0, len(examples), batch_size):
-            batch = collate(examples[first : first + batch_size], range(first, first + batch_size)).to(device)
-            saliencies.append(token_saliency(model, config, batch, options).detach())
-            stage_inputs.append(_stage_inputs(model, layers, batch))
-            real = batch.attention_mask.bool()
-            ranked.append(batch.prompt_mask & ~protected_tokens(config, batch.prompt_mask, real))
-    finally:
-        remove_sdtp(model)
+    marked = mark_prompts(model, config, prompts, options, batch_size)
 
     out: dict[str, Any] = {}
     for name, state in predictor_states.items():
@@ -416,21 +455,15 @@ def evaluate_spearman(
             predictors = sdtp_predictors(model)
             if state is not None:
                 predictors.load_state_dict(state)
-            per_stage: list[list[float]] = [[] for _ in layers]
-            with torch.no_grad():
-                for saliency, inputs, mask in zip(saliencies, stage_inputs, ranked):
-                    for s, hidden in enumerate(inputs):
-                        logits = predictors[s].logits(hidden)
-                        scores = logits[..., 0] - logits[..., 1]
-                        for row in range(scores.shape[0]):
-                            rho = spearman(scores[row][mask[row]], saliency[s, row][mask[row]])
-                            if not math.isnan(rho):
-                                per_stage[s].append(rho)
+
+            def keep_minus_drop(stage: int, hidden: torch.Tensor) -> torch.Tensor:
+                logits = predictors[stage].logits(hidden)
+                return logits[..., 0] - logits[..., 1]
+
+            stage_means = mean_spearman(keep_minus_drop, marked)
         finally:
             remove_sdtp(model)
-        stage_means = [sum(v) / len(v) if v else float("nan") for v in per_stage]
-        every = [r for v in per_stage for r in v]
-        out[name] = sum(every) / len(every) if every else float("nan")
+        out[name] = sum(stage_means) / len(stage_means) if stage_means else float("nan")
         out[f"{name}_per_stage"] = stage_means
     out["prompts"] = len(prompts)
     out["stage_layers"] = list(layers)
