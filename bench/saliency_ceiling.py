@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.evaluate import (MarkedBatch, Prompt, load_predictors, machine, mark_prompts, mean_spearman,
-                                   task_prompts)
+                                   read_task, task_prompts)
 from sdtp_kernels.hf import apply_sdtp, remove_sdtp, sdtp_predictors
 from sdtp_kernels.tasks.retrieval import RetrievalTaskConfig
 from sdtp_kernels.train.losses import masked_mse, ranking_loss
@@ -48,8 +48,7 @@ def fitted_predictors(model, config: SDTPConfig, marked: list[MarkedBatch], step
         batch = marked[int(torch.randint(len(marked), (1,), generator=generator))]
         loss = 0.0
         for s, hidden in enumerate(batch.stage_inputs):
-            logits = predictors[s].logits(hidden)
-            scores = logits[..., 0] - logits[..., 1]
+            scores = predictors[s].log_odds(predictors[s].logits(hidden))
             target = batch.saliency[s]
             loss = loss + masked_mse(scores, target, batch.ranked) + ranking_loss(
                 scores, target, batch.ranked, 16384, generator)
@@ -57,11 +56,7 @@ def fitted_predictors(model, config: SDTPConfig, marked: list[MarkedBatch], step
         loss.backward()
         optimizer.step()
 
-    def score(stage: int, hidden: torch.Tensor) -> torch.Tensor:
-        logits = predictors[stage].logits(hidden)
-        return logits[..., 0] - logits[..., 1]
-
-    return score
+    return lambda stage, hidden: predictors[stage].log_odds(predictors[stage].logits(hidden))
 
 
 def position_table(marked: list[MarkedBatch]):
@@ -77,15 +72,15 @@ def position_table(marked: list[MarkedBatch]):
     return lambda stage, hidden: table[stage, : hidden.shape[1]].expand(hidden.shape[0], -1)
 
 
-def key_swap_stability(model, config: SDTPConfig, prompts: list[Prompt], task: RetrievalTaskConfig, options,
-                       batch_size: int) -> list[float]:
-    """Per stage: mean over prompts of Spearman(filler saliency, filler saliency with the queried key replaced)."""
+def key_swap_stability(model, config: SDTPConfig, prompts: list[Prompt], original: list[MarkedBatch],
+                       task: RetrievalTaskConfig, options, batch_size: int) -> list[float]:
+    """Per stage: mean over prompts of Spearman(filler saliency, filler saliency with the queried key replaced).
+    `original`: `prompts` as `mark_prompts` marked them with `options` and `batch_size`."""
     def swapped(prompt: Prompt) -> Prompt:
         key = prompt.input_ids[-1]  # the query's key: the prompt's last token
         other = task.key_offset + (key - task.key_offset + 1) % task.n_keys
         return dataclasses.replace(prompt, input_ids=[other if t == key else t for t in prompt.input_ids])
 
-    original = mark_prompts(model, config, prompts, options, batch_size)
     changed = mark_prompts(model, config, [swapped(p) for p in prompts], options, batch_size)
     ids = [torch.tensor(p.input_ids) for p in prompts]
     marked = []
@@ -95,7 +90,7 @@ def key_swap_stability(model, config: SDTPConfig, prompts: list[Prompt], task: R
         for r, row in enumerate(rows):
             filler[r, : len(row)] = row >= task.filler_offset
         # Score = the swapped prompt's saliency, target = the original's, over the filler tokens they rank.
-        marked.append(MarkedBatch(a.saliency, [s for s in b.saliency], a.ranked & filler))
+        marked.append(MarkedBatch(a.saliency, list(b.saliency), a.ranked & filler))
     return mean_spearman(lambda stage, saliency: saliency, marked)
 
 
@@ -124,9 +119,7 @@ def main(argv=None) -> int:
         config, _, trained_options = load_predictors(args.predictors)
         options = trained_options or options
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval().requires_grad_(False)
-    with open(args.task) as f:
-        description = json.load(f)
-    task = RetrievalTaskConfig.from_dict(description.get("task", description))
+    task, _ = read_task(args.task)
     prompts = task_prompts(args.task, args.count)
     fit = mark_prompts(model, config, task_prompts(args.task, args.fit_count, start=args.count), options,
                        args.batch_size)
@@ -134,7 +127,7 @@ def main(argv=None) -> int:
     per_stage = {
         "fitted": mean_spearman(fitted_predictors(model, config, fit, args.steps, args.lr, args.seed), held_out),
         "position": mean_spearman(position_table(fit), held_out),
-        "key_swap": key_swap_stability(model, config, prompts, task, options, args.batch_size),
+        "key_swap": key_swap_stability(model, config, prompts, held_out, task, options, args.batch_size),
     }
     results = {
         "spearman": {name: sum(v) / len(v) for name, v in per_stage.items()},

@@ -53,15 +53,23 @@ class Prompt:
 
 
 # --------------------------------------------------------------------------------------------------------- prompts
-def task_prompts(task_json: str, count: int, start: int = 0, seq_len: Optional[int] = None) -> list[Prompt]:
-    """Held-out prompts of the retrieval task described by a task.json (its ``heldout_seed``; without one, the
-    task seed + 1000003, so never the training examples); `seq_len` overrides the task's prompt length."""
-    from .tasks.retrieval import RetrievalTask, RetrievalTaskConfig
+def read_task(task_json: str):
+    """(RetrievalTaskConfig, held-out seed) of a task.json: its ``heldout_seed``, or without one the task seed +
+    1000003, so never the training examples."""
+    from .tasks.retrieval import RetrievalTaskConfig
 
     with open(task_json) as f:
         description = json.load(f)
     config = RetrievalTaskConfig.from_dict(description.get("task", description))
-    seed = int(description.get("heldout_seed", config.seed + 1000003))
+    return config, int(description.get("heldout_seed", config.seed + 1000003))
+
+
+def task_prompts(task_json: str, count: int, start: int = 0, seq_len: Optional[int] = None) -> list[Prompt]:
+    """Held-out prompts of the retrieval task described by a task.json (`read_task`); `seq_len` overrides the task's
+    prompt length."""
+    from .tasks.retrieval import RetrievalTask
+
+    config, seed = read_task(task_json)
     task = RetrievalTask(config, seed=seed, **({"seq_len": seq_len} if seq_len else {}))
     return [Prompt(e.input_ids, e.answer[0], e.answer_position) for e in task.examples(start, count)]
 
@@ -456,11 +464,8 @@ def evaluate_spearman(
             if state is not None:
                 predictors.load_state_dict(state)
 
-            def keep_minus_drop(stage: int, hidden: torch.Tensor) -> torch.Tensor:
-                logits = predictors[stage].logits(hidden)
-                return logits[..., 0] - logits[..., 1]
-
-            stage_means = mean_spearman(keep_minus_drop, marked)
+            stage_means = mean_spearman(lambda s, hidden: predictors[s].log_odds(predictors[s].logits(hidden)),
+                                        marked)
         finally:
             remove_sdtp(model)
         out[name] = sum(stage_means) / len(stage_means) if stage_means else float("nan")

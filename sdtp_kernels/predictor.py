@@ -39,6 +39,11 @@ class SaliencyPredictor(nn.Module):
         h = F.gelu(F.linear(normed, self.fc1.weight.float(), self.fc1.bias.float()))
         return F.linear(h, self.fc2.weight.float(), self.fc2.bias.float())
 
+    @classmethod
+    def log_odds(cls, logits: torch.Tensor) -> torch.Tensor:
+        """The keep-minus-drop score of `logits(x)`: what `score(x)` returns, differentiable."""
+        return logits[..., cls.KEEP] - logits[..., cls.DROP]
+
     def score_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
         """(norm_weight, w1, b1, w2, b2, eps) of `saliency_score`: the second layer folded into one keep-minus-drop
         row, so the score is logits[KEEP] - logits[DROP]."""

@@ -65,7 +65,7 @@ class PredictorObjective(nn.Module):
             task = kl_rows(logits, teacher_logits, targets).mean()
         mse, rank = [], []
         for stage, stage_logit in enumerate(stage_logits, start=1):
-            scores = stage_logit[..., SaliencyPredictor.KEEP] - stage_logit[..., SaliencyPredictor.DROP]
+            scores = SaliencyPredictor.log_odds(stage_logit)
             # The tokens this stage ranks at inference: alive before it, in the prompt, not protected.
             candidates = (alive[stage - 1] > 0.5) & batch.prompt_mask & ~protected
             mse.append(masked_mse(scores, saliency[stage - 1], candidates))
