@@ -244,6 +244,22 @@ def evaluate(model, task: RetrievalTask, count: int, batch_size: int = 64, layer
     return correct / count
 
 
+@torch.no_grad()
+def query_accuracies(model, task: RetrievalTask, count: int, batch_size: int = 64) -> list[float]:
+    """Accuracy of each query's value, in query order (the last one is the prompt's answer). The in-place answers
+    say how the model solves the task: by looking the key up (all high) or by elimination (rising with the number
+    of values already named: the last query's pair is the only one not yet asked for when n_queries = n_pairs)."""
+    model.eval()
+    correct = torch.zeros(task.config.n_queries)
+    positions = task.answer_target_positions()
+    for s in range(0, count, batch_size):
+        inp, tgt = make_batch(task, s, min(batch_size, count - s))
+        logits = model(input_ids=inp).logits[:, positions]
+        correct += (logits.argmax(-1) == tgt[:, positions]).sum(0)
+    model.train()
+    return [round(c / count, 4) for c in correct.tolist()]
+
+
 # ---- pruning probe: hide tokens as keys from the SDTP stage layers on (the masked simulation of DESIGN §5.2) ----
 def _stage_keep_sets(exs, n_layers, keep_ratio, start_layer=4, layer_step=3, num_sink=4, local_ratio=0.1,
                      keep_answer=False, seed=0):
@@ -494,6 +510,8 @@ def main(argv=None):
     reloaded = LlamaForCausalLM.from_pretrained(a.out, dtype=torch.float32)
     final_acc = evaluate(reloaded, final_eval, a.final_eval_size)
     print(f"final held-out accuracy @ {a.seq_len} (reloaded {a.save_dtype} -> float32, {a.final_eval_size} prompts): {final_acc:.4f}", flush=True)
+    per_query = query_accuracies(reloaded, final_eval, a.final_eval_size)
+    print(f"accuracy of each query's value, in query order: {per_query}", flush=True)
     probe = pruning_probe(reloaded, final_eval, a.probe_size) if a.probe_size else {}
     if probe:
         print(f"pruning probe (masked, stages 4/7/10, sink 4, local 10%): {json.dumps(probe)}", flush=True)
@@ -507,6 +525,7 @@ def main(argv=None):
         "prompt_format": "BOS, context of filler with n_pairs 'KEY k v' at random places, then n_queries 'QUERY k v' "
                          "with the last value missing; answer = that value (next token after the prompt)",
         "answer_accuracy": {"seq_len": a.seq_len, "prompts": a.final_eval_size, "accuracy": final_acc,
+                            "per_query": per_query,
                             "dtype_evaluated": "float32 (loaded from the saved %s weights)" % a.save_dtype},
     }
     with open(os.path.join(a.out, "task.json"), "w") as f:
@@ -523,6 +542,7 @@ def main(argv=None):
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "final_accuracy": final_acc,
+        "per_query_accuracy": per_query,
         "pruning_probe": probe,
         "curriculum_history": state["stage_history"],
         "evals": state["evals"],

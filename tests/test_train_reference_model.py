@@ -1,0 +1,35 @@
+"""scripts/train_reference_model.py end to end on a tiny model: it writes a loadable model with its task description
+and per-query accuracies, and rerunning the same command resumes from the checkpoint instead of training again."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "train_reference_model.py"
+
+
+def test_tiny_run_writes_a_loadable_model_and_resumes(tmp_path):
+    out, work = tmp_path / "model", tmp_path / "work"
+    command = [sys.executable, str(SCRIPT), "--out", str(out), "--work-dir", str(work), "--layers", "5", "--hidden",
+               "32", "--heads", "2", "--kv-heads", "2", "--intermediate", "64", "--seq-len", "48", "--n-pairs", "3",
+               "--n-queries", "3", "--curriculum", "48", "--max-steps", "3", "--eval-every", "2", "--eval-size", "8",
+               "--final-eval-size", "8", "--probe-size", "8", "--batch-size", "4", "--no-progress", "--threads", "1",
+               "--time-budget-min", "0"]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+
+    task = json.loads((out / "task.json").read_text())
+    accuracy = task["answer_accuracy"]
+    assert len(accuracy["per_query"]) == 3
+    # The last query's value is the prompt's answer: both measurements read the same logits.
+    assert accuracy["per_query"][-1] == accuracy["accuracy"]
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["steps"] == 3 and log["per_query_accuracy"] == accuracy["per_query"]
+    assert set(log["pruning_probe"]) >= {"start4_step3_keep0.7_random", "start4_step3_keep0.7_answer_pair_kept"}
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    assert model.config.num_hidden_layers == 5 and model.config.vocab_size == task["task"]["vocab_size"]
+
+    rerun = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "resumed from" in rerun.stdout and json.loads((out / "train_log.json").read_text())["steps"] == 3
