@@ -50,6 +50,7 @@ class Prompt:
     input_ids: list[int]
     answer: int  # the token that should follow the prompt
     answer_position: Optional[int] = None  # where the answer sits in the prompt's context, if known
+    labels: Optional[list[int]] = None  # per prompt token: labelled tokens inside the prompt (-100 = none), if any
 
 
 # --------------------------------------------------------------------------------------------------------- prompts
@@ -71,12 +72,12 @@ def task_prompts(task_json: str, count: int, start: int = 0, seq_len: Optional[i
 
     config, seed = read_task(task_json)
     task = RetrievalTask(config, seed=seed, **({"seq_len": seq_len} if seq_len else {}))
-    return [Prompt(e.input_ids, e.answer[0], e.answer_position) for e in task.examples(start, count)]
+    return [Prompt(e.input_ids, e.answer[0], e.answer_position, e.labels) for e in task.examples(start, count)]
 
 
 def file_prompts(path: str, count: Optional[int] = None, start: int = 0) -> list[Prompt]:
     """Prompts of a JSON Lines file: ``input_ids`` (the prompt) and ``answer`` (a token id, or a list whose first
-    entry is the next token); ``answer_position`` optional."""
+    entry is the next token); ``answer_position`` and ``labels`` (one per prompt token, for marking) optional."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} does not exist")
     prompts = []
@@ -97,7 +98,10 @@ def file_prompts(path: str, count: Optional[int] = None, start: int = 0) -> list
             if not isinstance(answer, int) or not isinstance(ids, list) or not ids:
                 raise ValueError(f"{where}: `input_ids` must be a non-empty list of ints and `answer` an int")
             position = record.get("answer_position")
-            prompts.append(Prompt(ids, answer, None if position is None or position < 0 else int(position)))
+            labels = record.get("labels")
+            if labels is not None and (not isinstance(labels, list) or len(labels) != len(ids)):
+                raise ValueError(f"{where}: `labels` must be a list with one entry per `input_ids` token")
+            prompts.append(Prompt(ids, answer, None if position is None or position < 0 else int(position), labels))
     prompts = prompts[start:]
     return prompts if count is None else prompts[:count]
 
@@ -392,9 +396,10 @@ class MarkedBatch:
 def mark_prompts(
     model: nn.Module, config: SDTPConfig, prompts: Sequence[Prompt], saliency_options=None, batch_size: int = 16
 ) -> list[MarkedBatch]:
-    """Each prompt followed by its answer, marked with the loss on the answer (what training marks)."""
+    """Each prompt followed by its answer, marked with the loss on the answer and on the prompt's own labelled
+    tokens (what training on the same records marks)."""
     from .hf.patch import apply_sdtp, remove_sdtp
-    from .train.data import Example, collate
+    from .train.data import IGNORE_INDEX, Example, collate
     from .train.options import SaliencyOptions
     from .train.saliency import token_saliency
     from .train.schedule import protected_tokens
@@ -402,8 +407,8 @@ def mark_prompts(
     options = saliency_options or SaliencyOptions()
     device = next(model.parameters()).device
     layers = config.stage_layers(len(_decoder_layers(model)))
-    examples = [Example(p.input_ids + [p.answer], [-100] * len(p.input_ids) + [p.answer], len(p.input_ids))
-                for p in prompts]
+    examples = [Example(p.input_ids + [p.answer], (p.labels or [IGNORE_INDEX] * len(p.input_ids)) + [p.answer],
+                        len(p.input_ids)) for p in prompts]
     marked = []
     apply_sdtp(model, config)
     try:

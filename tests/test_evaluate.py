@@ -119,3 +119,39 @@ def test_spearman():
     # Ties take their average rank: ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4).
     assert E.spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.arange(4.0)) == pytest.approx(math.sqrt(0.9))
     assert math.isnan(E.spearman(torch.ones(3), torch.arange(3.0)))
+
+
+def test_marking_labels_the_prompts_own_labelled_tokens_as_training_does(tmp_path):
+    """`mark_prompts` marks a prompt with labels inside it (in-place answers) exactly as training marks the same
+    record read from a data file."""
+    from sdtp_kernels.train.data import IGNORE_INDEX, collate, read_examples
+    from sdtp_kernels.train.options import SaliencyOptions
+    from sdtp_kernels.train.saliency import token_saliency
+
+    model = tiny_model("llama", "sdpa").requires_grad_(False)
+    ids = torch.randint(1, VOCAB, (30,), generator=torch.Generator().manual_seed(3)).tolist()
+    labels = [IGNORE_INDEX] * 30
+    labels[20] = ids[20]
+    record = {"input_ids": ids, "labels": labels, "answer": [ids[5]]}
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    [prompt] = E.file_prompts(str(path))
+    options = SaliencyOptions(absolute=True)
+
+    [marked] = E.mark_prompts(model, PRUNING, [prompt], options)
+    [unlabelled] = E.mark_prompts(model, PRUNING, [dataclasses.replace(prompt, labels=None)], options)
+    apply_sdtp(model, PRUNING)
+    try:
+        trained = token_saliency(model, PRUNING, collate(list(read_examples(str(path), str(tmp_path), VOCAB)), [0]),
+                                 options)
+    finally:
+        remove_sdtp(model)
+    torch.testing.assert_close(marked.saliency, trained)
+    assert not torch.allclose(marked.saliency, unlabelled.saliency)
+
+
+def test_file_prompts_checks_labels(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"input_ids": [1, 2, 3], "answer": 4, "labels": [2]}) + "\n")
+    with pytest.raises(ValueError, match="line 1: `labels` must be a list with one entry per `input_ids` token"):
+        E.file_prompts(str(path))

@@ -6,6 +6,7 @@ import pytest
 
 from sdtp_kernels.tasks.retrieval import (
     BOS,
+    IGNORE,
     KEY,
     QUERY,
     RetrievalExample,
@@ -59,6 +60,10 @@ def test_shapes_vocab_and_answer_placement(seq_len, n_pairs, n_queries):
         for t in task.answer_target_positions():
             assert c.value_offset <= full[t + 1] < c.filler_offset
         assert full[task.answer_target_positions()[-1] + 1] == ex.answer[0]
+        # labels: exactly the in-place answers (the training targets other than the prompt's answer)
+        assert len(ex.labels) == seq_len
+        assert [p for p, t in enumerate(ex.labels) if t != IGNORE] == [t + 1 for t in task.answer_target_positions()[:-1]]
+        assert all(ex.labels[p] == ids[p] for p, t in enumerate(ex.labels) if t != IGNORE)
 
 
 def test_answer_position_spreads_over_the_context():

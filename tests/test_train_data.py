@@ -21,6 +21,7 @@ def test_token_id_records(tmp_path):
         {"input_ids": [1, 2, 3], "answer": [4, 5], "meta": "ignored"},
         {"input_ids": [1, 2, 3], "answer": 6},
         {"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, 2, IGNORE_INDEX]},
+        {"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, 2, IGNORE_INDEX], "answer": [7]},  # in-place answer too
     ]
     for jsonl in (True, False):
         path = _write(tmp_path / ("d.jsonl" if jsonl else "d.json"), records, jsonl)
@@ -30,6 +31,7 @@ def test_token_id_records(tmp_path):
             ([1, 2, 3, 4, 5], [IGNORE_INDEX] * 3 + [4, 5], 3),
             ([1, 2, 3, 6], [IGNORE_INDEX] * 3 + [6], 3),
             ([1, 2, 3], [IGNORE_INDEX, 2, IGNORE_INDEX], 3),
+            ([1, 2, 3, 7], [IGNORE_INDEX, 2, IGNORE_INDEX, 7], 3),
         ]
     truncated = list(read_examples(path, str(tmp_path), vocab_size=10, max_length=3))
     assert (truncated[1].input_ids, truncated[1].prompt_length) == ([3, 4, 5], 1)  # the answer's end is kept
@@ -42,7 +44,6 @@ def test_token_id_records(tmp_path):
         ({"input_ids": [1, 2], "text": "a"}, "line 2: .*has `input_ids` and `text`"),
         ({"input_ids": [1, 99]}, "line 2: `input_ids` holds 99, outside the model's vocabulary"),
         ({"input_ids": [1, 2], "labels": [1]}, "line 2: `labels` has 1 entries for 2 `input_ids`"),
-        ({"input_ids": [1, 2], "labels": [1, 2], "answer": [3]}, "give `labels` or `answer`, not both"),
         ({"input_ids": [1, 2], "labels": [2, IGNORE_INDEX]}, "line 2: no labelled token after the first"),
         ({"prompt": "a"}, "line 2: a `prompt` record needs a `response`"),
         ({"text": "hello"}, "line 2 holds text, but no tokenizer could be loaded from"),

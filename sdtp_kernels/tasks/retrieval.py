@@ -15,7 +15,8 @@ A prompt of exactly ``seq_len`` tokens is::
 ``n_pairs`` pairs ``KEY k v`` sit at uniformly random, non-overlapping places of the context (distinct keys, distinct
 values when possible), the rest is uniformly random filler. The query section asks ``n_queries`` distinct keys of
 those pairs; all but the last are answered in place, the last one (``kT``) is the prompt's question and its value is
-the answer: the next token after the prompt. The target pair is drawn uniformly, so the answer may sit anywhere in
+the answer: the next token after the prompt. The in-place answers are labelled too (``labels``): a model trained on
+every answer is marked and evaluated on the loss it was trained on. The target pair is drawn uniformly, so the answer may sit anywhere in
 the context, and pruning that does not look at content drops it with the probability of dropping any token.
 
 Pairs avoid the first ``head_margin`` tokens and the last ``ceil(tail_margin * seq_len)`` tokens of the prompt
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 PAD, BOS, EOS, KEY, QUERY = 0, 1, 2, 3, 4
+IGNORE = -100  # label of a token that carries no loss
 NUM_SPECIAL = 5
 SPECIAL_NAMES = {PAD: "<pad>", BOS: "<bos>", EOS: "<eos>", KEY: "<key>", QUERY: "<query>"}
 
@@ -124,6 +126,7 @@ class RetrievalExample:
     answer_position: int  # prompt position of the target value token in the context
     key_position: int  # prompt position of the target key token (answer_position - 1)
     pair_positions: list[int] = field(default_factory=list)  # positions of every KEY marker, ascending
+    labels: list[int] = field(default_factory=list)  # per prompt token: the in-place answers' values, else -100
     index: int = 0
     seed: int = 0
 
@@ -138,6 +141,7 @@ class RetrievalExample:
             "answer_position": self.answer_position,
             "key_position": self.key_position,
             "pair_positions": self.pair_positions,
+            "labels": self.labels,
             "index": self.index,
             "seed": self.seed,
         }
@@ -150,6 +154,7 @@ class RetrievalExample:
             answer_position=int(r.get("answer_position", -1)),
             key_position=int(r.get("key_position", -1)),
             pair_positions=list(r.get("pair_positions", [])),
+            labels=list(r.get("labels", [])),
             index=int(r.get("index", 0)),
             seed=int(r.get("seed", 0)),
         )
@@ -186,8 +191,11 @@ class RetrievalTask:
         for s, k, v in zip(starts, keys, values):
             ids[s : s + 3] = [KEY, k, v]
         asked = rng.sample(range(c.n_pairs), c.n_queries)
+        labels = [IGNORE] * len(ids)
         for j, p in enumerate(asked):
-            ids += [QUERY, keys[p]] + ([values[p]] if j < c.n_queries - 1 else [])
+            in_place = [values[p]] if j < c.n_queries - 1 else []
+            ids += [QUERY, keys[p]] + in_place
+            labels += [IGNORE, IGNORE] + in_place
         assert len(ids) == c.seq_len, (len(ids), c.seq_len)
         target = asked[-1]
         return RetrievalExample(
@@ -196,6 +204,7 @@ class RetrievalTask:
             answer_position=starts[target] + 2,
             key_position=starts[target] + 1,
             pair_positions=starts,
+            labels=labels,
             index=index,
             seed=c.seed,
         )

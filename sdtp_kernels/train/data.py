@@ -6,6 +6,8 @@ Accepted records (other fields are ignored, so generator metadata may ride along
 - ``{"input_ids": [...]}``: pre-tokenised, loss on every token; needs no tokenizer;
 - ``{"input_ids": [...], "labels": [...]}``: per-token labels (``-100`` = no loss), the model shifts them;
 - ``{"input_ids": [...], "answer": [...] or int}``: the answer tokens follow the prompt and carry the loss;
+- ``{"input_ids": [...], "labels": [...], "answer": [...]}``: both; ``labels`` (one per prompt token) label tokens
+  inside the prompt as well, e.g. answers given in place earlier in a multi-question prompt;
 - ``{"text": "..."}``: tokenised with the model directory's tokenizer, loss on every token;
 - ``{"prompt": "...", "response": "..."}``: tokenised likewise, loss on the response.
 
@@ -23,7 +25,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 IGNORE_INDEX = -100
-ACCEPTED = "`input_ids` (optionally with `labels` or `answer`), `text`, or `prompt` with `response`"
+ACCEPTED = "`input_ids` (optionally with `labels` and/or `answer`), `text`, or `prompt` with `response`"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,17 +115,13 @@ def _example(where: str, record, tokenize: _Tokenizer, vocab_size: int) -> Examp
         raise ValueError(f"{where}: a record holds one of {ACCEPTED}; this one has {found} (fields: {sorted(record)})")
     if "input_ids" in record:
         ids = _token_ids(where, "input_ids", record["input_ids"], vocab_size)
-        if "labels" in record and "answer" in record:
-            raise ValueError(f"{where}: give `labels` or `answer`, not both")
+        labels = list(ids) if "labels" not in record and "answer" not in record else [IGNORE_INDEX] * len(ids)
         if "labels" in record:
             labels = _token_ids(where, "labels", record["labels"], vocab_size, allow_ignore=True)
             if len(labels) != len(ids):
                 raise ValueError(f"{where}: `labels` has {len(labels)} entries for {len(ids)} `input_ids`")
-            return Example(ids, labels, len(ids))
-        if "answer" in record:
-            answer = _token_ids(where, "answer", record["answer"], vocab_size)
-            return Example(ids + answer, [IGNORE_INDEX] * len(ids) + answer, len(ids))
-        return Example(ids, list(ids), len(ids))
+        answer = _token_ids(where, "answer", record["answer"], vocab_size) if "answer" in record else []
+        return Example(ids + answer, labels + answer, len(ids))
     if "text" in record:
         ids = _token_ids(where, "text", tokenize(where, _string(where, record, "text"), True), vocab_size)
         return Example(ids, list(ids), len(ids))
