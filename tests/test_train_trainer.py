@@ -92,6 +92,16 @@ def test_resume_continues_exactly(workdir, tmp_path, monkeypatch):
     assert state["step"] == 4 and state["data_position"] == {"epoch": 1, "batch": 0}
 
 
+def test_log_has_the_schedules_kept_fraction_and_a_gap_warns(workdir, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "KEPT_GAP_WARNING", -1.0)  # any gap warns: the wiring, not the threshold
+    with pytest.warns(UserWarning, match=r"more of the prompt than the schedule.*--ratio-weight"):
+        trainer.train(_options(workdir, tmp_path / "out", max_steps=2))
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(0 < line["kept"] <= 1 for line in log)
+    # 3 stages at keep_ratio 0.7: the last keeps about 0.7 ** 3 of each prompt
+    assert all(abs(line["kept_target"] - 0.7 ** 3) < 0.05 for line in log)
+
+
 def _ddp_worker(rank: int, port: int, workdir, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")

@@ -72,8 +72,9 @@ class PredictorObjective(nn.Module):
             rank.append(ranking_loss(scores, saliency[stage - 1], candidates, opts.rank_pairs, generator))
         prompt = batch.prompt_mask.float()
         kept = torch.stack([(a * prompt).sum(1) / prompt.sum(1) for a in alive[1:]])
-        ratio = keep_ratio_loss(kept, keep_fractions(config, batch.prompt_mask, len(stage_logits)))
+        target = keep_fractions(config, batch.prompt_mask, len(stage_logits))
+        ratio = keep_ratio_loss(kept, target)
         terms = {"task": task, "mse": torch.stack(mse).mean(), "rank": torch.stack(rank).mean(), "ratio": ratio}
         weights = (opts.task_weight, opts.mse_weight, opts.rank_weight, opts.ratio_weight)
         loss = sum(weight * value for weight, value in zip(weights, terms.values()))
-        return {"loss": loss, **terms, "kept": kept[-1].detach().mean()}
+        return {"loss": loss, **terms, "kept": kept[-1].detach().mean(), "kept_target": target[-1].mean()}

@@ -2,9 +2,11 @@
 `torchrun` (DistributedDataParallel over the predictors; NCCL on GPUs, gloo on CPU). Only rank 0 writes.
 
 Writes to `out`: `checkpoint.pt` every `save_every` steps and at the end (what `resume` continues from exactly),
-`train_log.jsonl` (every step's loss terms and `kept`, the fraction of the prompts alive after the last stage,
-averaged over processes), `train_options.json`, and the trained predictors through `save_sdtp`
-(`sdtp_config.json`, `sdtp_predictors.safetensors`: `apply_sdtp(model, out)` loads them).
+`train_log.jsonl` (every step's loss terms, `kept`, the fraction of the prompts alive after the last stage, and
+`kept_target`, the schedule's, averaged over processes), `train_options.json`, and the trained predictors through
+`save_sdtp` (`sdtp_config.json`, `sdtp_predictors.safetensors`: `apply_sdtp(model, out)` loads them). When the
+masks of the last steps kept far more than the schedule, a warning says so: the task loss is outweighing the
+keep-ratio term, so the task loss never saw the schedule's pruning (raise the ratio weight).
 
 All randomness of a step (Gumbel noise, sampled ranking pairs) comes from a generator seeded by (seed, step, rank),
 and the data order is a function of (seed, step) (`BatchOrder`): a checkpoint's step is its data position and its
@@ -16,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -37,6 +40,8 @@ from .shards import SaliencyShards, batch_saliency
 
 LOG_FILE = "train_log.jsonl"
 OPTIONS_FILE = "train_options.json"
+KEPT_GAP_STEPS = 50  # the last steps whose kept-minus-target gap the end-of-training warning averages
+KEPT_GAP_WARNING = 0.1
 
 
 class _Processes:
@@ -183,6 +188,7 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
         _trim_log(out, step)
 
     progress = tqdm(total=options.max_steps, initial=step, desc="sdtp train", disable=not processes.main)
+    recent_gap: list[float] = []
     while step < options.max_steps:
         records = order.records(step)
         batch = collate([examples[r] for r in records], records).to(device)
@@ -205,7 +211,8 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
         values = processes.mean(torch.stack([terms[name].detach().float() for name in names])).tolist()
         metrics = dict(zip(names, values))
         progress.update(1)
-        progress.set_postfix(loss=f"{metrics['loss']:.4f}", kept=f"{metrics['kept']:.3f}")
+        progress.set_postfix(loss=f"{metrics['loss']:.4f}", kept=f"{metrics['kept']:.3f}/{metrics['kept_target']:.3f}")
+        recent_gap = (recent_gap + [metrics["kept"] - metrics["kept_target"]])[-KEPT_GAP_STEPS:]
         if processes.main:
             with open(os.path.join(out, LOG_FILE), "a") as f:
                 f.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **metrics}) + "\n")
@@ -221,4 +228,9 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
     progress.close()
     if processes.main:
         save_sdtp(model, out)
+        gap = sum(recent_gap) / len(recent_gap) if recent_gap else 0.0
+        if gap > KEPT_GAP_WARNING:
+            warnings.warn(f"over the last {len(recent_gap)} steps the training masks kept {gap:.2f} more of the prompt "
+                          "than the schedule: the task loss outweighs the keep-ratio term and never saw the "
+                          "schedule's pruning; consider a larger ratio weight (--ratio-weight)", stacklevel=2)
     return model
