@@ -50,8 +50,9 @@ def _load(model_dir: Path, predictors: Path | None, device: str):
 def _kept_per_stage(model, ids: torch.Tensor) -> list[float]:
     """Mean tokens per row that each stage's layers hold after a prefill, read off the pruned KV cache."""
     from .hf import key_positions
+    from .hf.model_call import output_cache
 
-    cache = model(ids, use_cache=True, logits_to_keep=1).past_key_values
+    cache = output_cache(model(ids, use_cache=True, logits_to_keep=1))
     return [float(ids.shape[1]) if k is None else (k >= 0).sum(1).float().mean().item() for k in key_positions(cache)]
 
 

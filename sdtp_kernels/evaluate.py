@@ -17,8 +17,8 @@ last-token logits with the unpruned model (top-1 agreement and KL(unpruned || pr
 where their answer sits in the context (the retrieval task's ``answer_position``), how often that token survives every
 stage. Separately: the Spearman correlation, on held-out prompts, between the predictors' scores and the marked
 saliency (`train.saliency.token_saliency`, the training target) of the tokens each stage ranks (prompt tokens that
-are not protected), per row and stage on the unpruned sequence, averaged; for the trained predictors and for freshly
-initialised ones.
+are not protected), per row and stage on the unpruned sequence, averaged; for the trained predictors and, as the
+baseline, the mean over several freshly initialised sets.
 """
 from __future__ import annotations
 
@@ -212,23 +212,19 @@ def attention_scorer(model: nn.Module, stage_layers: Sequence[int]) -> Iterator[
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
-def _cache_of(output) -> Any:
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else getattr(output, "past_key_values", None)
-
-
 @torch.no_grad()
 def _run(model: nn.Module, batch: _Batch, want_kept: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Last-token logits [B, V] float32, and [B, K] the columns of the tokens that reached the last layer (-1: an
     empty slot) when asked and something was pruned."""
     from .hf.cache_state import key_positions
+    from .hf.model_call import output_cache
 
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=want_kept,
                 logits_to_keep=1)
     logits = out.logits[:, -1].float()
     if not want_kept:
         return logits, None
-    pruned = [k for k in key_positions(_cache_of(out)) if k is not None]
+    pruned = [k for k in key_positions(output_cache(out)) if k is not None]
     return logits, (pruned[-1] if pruned else None)
 
 
@@ -444,15 +440,16 @@ def mean_spearman(score_fn: Scorer, marked: Sequence[MarkedBatch]) -> list[float
 def evaluate_spearman(
     model: nn.Module,
     config: SDTPConfig,
-    predictor_states: dict[str, Optional[dict[str, torch.Tensor]]],
+    trained_state: dict[str, torch.Tensor],
     prompts: Sequence[Prompt],
     saliency_options=None,
     batch_size: int = 16,
-    seed: int = 0,
+    untrained_seeds: Sequence[int] = range(8),
 ) -> dict[str, Any]:
-    """Mean Spearman correlation (over rows, per stage and over all stages) between each predictor set's scores and
-    the marked saliency of the tokens a stage ranks. `predictor_states`: name -> state dict, or None for freshly
-    initialised predictors (seeded by `seed`)."""
+    """Mean Spearman correlation (over rows, per stage and over all stages) between predictor scores and the marked
+    saliency of the tokens a stage ranks: for the trained predictors, and for freshly initialised ones of each seed
+    in `untrained_seeds` (one random initialisation can correlate with anything that differs between token kinds,
+    with either sign; their mean is the untrained baseline)."""
     from .hf.patch import apply_sdtp, remove_sdtp, sdtp_predictors
     from .train.options import SaliencyOptions
 
@@ -460,25 +457,32 @@ def evaluate_spearman(
     layers = config.stage_layers(len(_decoder_layers(model)))
     marked = mark_prompts(model, config, prompts, options, batch_size)
 
-    out: dict[str, Any] = {}
-    for name, state in predictor_states.items():
+    def stage_means(state: Optional[dict[str, torch.Tensor]], seed: int = 0) -> list[float]:
         torch.manual_seed(seed)
         apply_sdtp(model, config)
         try:
             predictors = sdtp_predictors(model)
             if state is not None:
                 predictors.load_state_dict(state)
-
-            stage_means = mean_spearman(lambda s, hidden: predictors[s].log_odds(predictors[s].logits(hidden)),
-                                        marked)
+            return mean_spearman(lambda s, hidden: predictors[s].log_odds(predictors[s].logits(hidden)), marked)
         finally:
             remove_sdtp(model)
-        out[name] = sum(stage_means) / len(stage_means) if stage_means else float("nan")
-        out[f"{name}_per_stage"] = stage_means
-    out["prompts"] = len(prompts)
-    out["stage_layers"] = list(layers)
-    out["saliency"] = options.describe()
-    return out
+
+    def mean(values: Sequence[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    trained = stage_means(trained_state)
+    untrained = [mean(stage_means(None, seed)) for seed in untrained_seeds]
+    return {
+        "trained": mean(trained),
+        "trained_per_stage": trained,
+        "untrained": mean(untrained),
+        "untrained_per_seed": untrained,
+        "untrained_seeds": list(untrained_seeds),
+        "prompts": len(prompts),
+        "stage_layers": list(layers),
+        "saliency": options.describe(),
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ the files
@@ -573,11 +577,12 @@ def plot(results: dict[str, Any], path: str) -> None:
         ax.set_xticks(range(len(ratios)), [f"keep_ratio {r}" for r in ratios])
         ax.set_ylim(0, 1.08)
         ax.set_title(title, fontsize=10)
-    axes[0].legend(fontsize=8, loc="lower left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)  # below, off the bars
     config = results.get("config", {})
     fig.suptitle(f"SDTP quality, {config.get('prompts', '?')} held-out prompts, stages before layers "
                  f"{config.get('stage_layers', '?')}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -620,8 +625,8 @@ def _eval(args: argparse.Namespace) -> int:
     spearman_result = None
     if args.spearman_count > 0:
         spearman_result = evaluate_spearman(
-            model, config, {"trained": state, "untrained": None}, prompts[: args.spearman_count], saliency_options,
-            batch_size=min(args.batch_size, 16), seed=args.seed,
+            model, config, state, prompts[: args.spearman_count], saliency_options,
+            batch_size=min(args.batch_size, 16), untrained_seeds=range(args.seed, args.seed + args.untrained_seeds),
         )
         print(f"  spearman trained {spearman_result['trained']:.3f} untrained {spearman_result['untrained']:.3f}",
               file=sys.stderr, flush=True)
@@ -674,7 +679,8 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"Spearman(predictor score, marked saliency), {sp['prompts']} held-out prompts: trained "
                      f"{sp['trained']:.3f} (per stage {', '.join(f'{v:.3f}' for v in sp['trained_per_stage'])}), "
-                     f"untrained {sp['untrained']:.3f}")
+                     f"untrained {sp['untrained']:.3f} (mean of {len(sp['untrained_per_seed'])} initialisations: "
+                     f"{min(sp['untrained_per_seed']):.3f} to {max(sp['untrained_per_seed']):.3f})")
     return "\n".join(lines)
 
 
@@ -703,6 +709,8 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--seed", type=int, default=0, help="random baseline and untrained predictors")
+    parser.add_argument("--seed", type=int, default=0, help="random baseline and first untrained predictors' seed")
+    parser.add_argument("--untrained-seeds", type=int, default=8,
+                        help="freshly initialised predictor sets averaged for the untrained Spearman (default 8)")
     parser.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     parser.set_defaults(run=_eval)

@@ -59,7 +59,3 @@ def prompts(batch: int = 2, seed: int = 1):
     return ids, mask
 
 
-def cache_of(output):
-    """The KV cache of a model output: `cache` from transformers 5.24 on, `past_key_values` before."""
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values

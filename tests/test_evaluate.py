@@ -7,17 +7,18 @@ import math
 
 import pytest
 import torch
-from hf_tiny import PRUNING, VOCAB, cache_of, prompts, tiny_model
+from hf_tiny import PRUNING, VOCAB, prompts, tiny_model
 
 from python_ref.select_tokens import protected_mask
 from sdtp_kernels import evaluate as E
 from sdtp_kernels.hf import apply_sdtp, key_positions, remove_sdtp, save_sdtp
+from sdtp_kernels.hf.model_call import output_cache
 
 
 def _kept_sets(model, ids, mask, scorer_context):
     with scorer_context:
         out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
-    return key_positions(cache_of(out))
+    return key_positions(output_cache(out))
 
 
 def test_cli_writes_the_documented_json_and_plot(tmp_path):
@@ -56,6 +57,8 @@ def test_cli_writes_the_documented_json_and_plot(tmp_path):
     assert results["kept_fraction"]["0.7"] < results["kept_fraction"]["0.9"] < 1
     spearman = results["spearman"]
     assert -1 <= spearman["trained"] <= 1 and -1 <= spearman["untrained"] <= 1
+    per_seed = spearman["untrained_per_seed"]
+    assert len(per_seed) == 8 and spearman["untrained"] == pytest.approx(sum(per_seed) / 8)
     assert len(spearman["trained_per_stage"]) == len(PRUNING.stage_layers(8))
     assert results["config"]["prompts"] == 6 and results["config"]["stage_layers"] == [2, 4, 6]
     assert png.stat().st_size > 0

@@ -5,11 +5,12 @@ import json
 
 import pytest
 import torch
-from hf_tiny import LAYERS, MODELS, PAD, PROMPT, PRUNING, VARIANTS, cache_of, prompts, tiny_model
+from hf_tiny import LAYERS, MODELS, PAD, PROMPT, PRUNING, VARIANTS, prompts, tiny_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from python_ref import masked_forward, masked_generate
 from sdtp_kernels.hf import apply_sdtp, key_positions, remove_sdtp, save_sdtp, sdtp_disabled, sdtp_predictors
+from sdtp_kernels.hf.model_call import output_cache
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -70,7 +71,7 @@ def test_pruned_prefill_equals_the_masked_simulation(name, attn):
     with torch.no_grad():
         pruned = model(ids, attention_mask=mask, use_cache=True)
     simulated, alive = masked_forward(model, PRUNING, sdtp_predictors(model), ids, mask, use_cache=True)
-    cache, sim_cache = cache_of(pruned), cache_of(simulated)
+    cache, sim_cache = output_cache(pruned), output_cache(simulated)
 
     stage_layers = PRUNING.stage_layers(LAYERS)
     lengths = mask.sum(1).tolist()

@@ -1,4 +1,4 @@
-"""Reading the inputs of a call to a transformers base model from a forward pre-hook."""
+"""Reading the inputs of a call to a transformers base model from a forward pre-hook, and the cache of its output."""
 from __future__ import annotations
 
 import inspect
@@ -45,3 +45,10 @@ class ModelCall:
                 f"itself), got a {type(mask).__name__}{shape}"
             )
         return (None if mask is None else mask.bool()), cache
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache of a model output: `cache` from transformers 5.24 on, `past_key_values` before (reading the old
+    name on 5.24 warns)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
