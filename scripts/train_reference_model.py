@@ -2,42 +2,45 @@
 """Train the project's reference model: a small LlamaForCausalLM, from scratch, on the synthetic retrieval task.
 
 No weights can be downloaded, so the quality experiments of SDTP (DESIGN §5.3, issue 5) run on a model trained here:
-a 12-layer, hidden-128 Llama on :mod:`sdtp_kernels.tasks.retrieval` (a needle ``KEY k v`` at a random place among
-filler, then ``QUERY k``; the answer is ``v``, the next token). CPU, fp32, AdamW with linear warm-up and cosine decay,
-an adaptive curriculum on the prompt length (promote when the running train accuracy reaches ``--promote-acc``), loss
-on the query section, periodic held-out answer accuracy, resumable checkpoints (``--work-dir``; rerun the same command
-to resume), early stop at ``--target-acc``.
+a 12-layer, hidden-128 Llama on :mod:`sdtp_kernels.tasks.retrieval` (``n_pairs`` pairs ``KEY k v`` at random places
+among filler, then ``n_queries`` queries ``QUERY k v``, the last one without its value: that value is the answer, the
+next token). CPU, fp32, AdamW with linear warm-up and cosine decay, an adaptive curriculum on the prompt length
+(promote when the running train accuracy reaches ``--promote-acc``), loss on every answer or on the whole query
+section (``--loss-on``), periodic held-out answer accuracy, resumable checkpoints (``--work-dir``; rerun the same
+command to resume), early stop at ``--target-acc``, and induction warm-up rows (``--aux-copy-rows``: a repeated random
+segment, the copy mechanism retrieval needs).
 
-Retrieval-depth shaping (``--late-layer``): a model trained only for accuracy reads the needle in layer 0 (the value
-tokens are a vocabulary class of their own, so one attention hop finds them); hiding random tokens from layer 1 on at
-keep_ratio 0.7 then leaves its accuracy unchanged, so pruning experiments that start at layer 4 cannot tell SDTP from
-random pruning. Real LLMs' retrieval heads sit in middle/late layers; to give the toy model that property while it
-stays a plain LlamaForCausalLM, ``--late-rows`` rows of each batch hide the needle's three tokens as attention keys from
-``--late-layer`` on, with the answer pushed away from the true value (cross-entropy to uniform over the other values),
-and ``--early-blind-rows`` rows hide it below ``--late-layer`` with the ordinary target. The committed model learned to
-need the needle at layers >= 7 (hidden from 7 on: 0% accuracy, 99% otherwise); the early-blind rows were never solved
-(it still also reads the needle early), i.e. it checks the needle late rather than only reading it late.
+Retrieval-depth shaping (``--late-layer``): a model trained only for accuracy may read its needle in layer 0 (the value
+tokens are a vocabulary class of their own, so one attention hop finds them), and then pruning from layer 4 on cannot
+matter. ``--late-rows`` rows of each batch hide the needle's three tokens as attention keys from ``--late-layer`` on,
+with the answer pushed away from the true value, and ``--early-blind-rows`` rows hide it below ``--late-layer`` with
+the ordinary target. A single-needle model trained so (in this repository's history) came to need the needle at
+layers >= 7. The committed multi-pair model needs no shaping: hiding random tokens from layer 4 on already costs it
+most of its answers (``pruning_probe`` in its train_log.json).
 
 Writes ``--out`` (default ``models/reference/``): ``config.json`` + ``model.safetensors`` (``save_pretrained``,
 ``--save-dtype``, default float16), ``generation_config.json``, ``task.json`` (generator settings, vocabulary, the
-held-out split) and ``train_log.json`` (loss / accuracy curves, wall time, command, final accuracy, and a pruning
-probe: accuracy when random tokens are hidden from the stage layers on, vs. with the needle forced in).
+held-out split, the answer accuracy and each query's accuracy) and ``train_log.json`` (loss / accuracy curves, wall
+time, command, final accuracy, and a pruning probe: accuracy when random tokens are hidden from the stage layers on,
+vs. with the answer's pair forced in).
 
-The committed model (phase 1 ~24 min, phase 2 ~27 min, one shared CPU core each; phase 2 trained at 32 tokens only:
-its curriculum promotion waits on the early-blind rows, which were never solved, and the answer accuracy transfers)::
+The committed model, three runs of two CPU threads (about 24, 17 and 16 minutes; ``train_log_phase1.json``,
+``train_log_phase2.json`` and ``train_log.json``)::
 
-    # phase 1: from scratch, curriculum 32 -> 256, no shaping
-    python scripts/train_reference_model.py --out runs/phase1_model --work-dir runs/phase1 --seq-len 256 \
-        --curriculum 32,64,128,256 --time-budget-min 0 --stop-at-step 1548 --probe-size 0
-    # phase 2: retrieval-depth shaping from phase 1's weights (2a, then 2b resumes with a longer schedule, as run)
-    python scripts/train_reference_model.py --out runs/phase2a_model --work-dir runs/phase2 \
-        --init-from runs/phase1/ckpt.pt --seq-len 128 --curriculum 32,64,128 --lr 1e-3 --warmup 50 --max-steps 3000 \
-        --time-budget-min 0 --stop-at-step 1466 --eval-every 50 --late-layer 7 --late-rows 8 --early-blind-rows 12 \
-        --probe-size 0
-    python scripts/train_reference_model.py --out models/reference --work-dir runs/phase2 \
-        --seq-len 128 --curriculum 32,64,128 --lr 1e-3 --warmup 50 --max-steps 6000 \
-        --time-budget-min 0 --stop-at-step 4114 --eval-every 50 --late-layer 7 --late-rows 8 --early-blind-rows 12 \
-        --probe-size 200 --final-eval-size 500
+    # 1: four pairs, four queries, induction warm-up, 64 then 128 tokens
+    python scripts/train_reference_model.py --out runs/multikey_model --work-dir runs/multikey --seq-len 128 \
+        --n-pairs 4 --n-queries 4 --loss-on answers --curriculum 64,128 --aux-copy-rows 8 --threads 2 \
+        --time-budget-min 40 --max-steps 4000 --probe-size 0 --final-eval-size 200 --eval-every 200
+    # 2: the same task at 128 tokens only
+    python scripts/train_reference_model.py --out runs/multikey128_model --work-dir runs/multikey128 \
+        --init-from runs/multikey/ckpt.pt --seq-len 128 --n-pairs 4 --n-queries 4 --loss-on answers \
+        --curriculum 128 --lr 1e-3 --warmup 50 --threads 2 --time-budget-min 18 --max-steps 3000 --probe-size 200 \
+        --final-eval-size 200 --eval-every 200
+    # 3: sixteen pairs, all sixteen asked; models/reference/ is runs/kv16_model/ plus the logs of runs 1 and 2
+    python scripts/train_reference_model.py --out runs/kv16_model --work-dir runs/kv16 \
+        --init-from runs/multikey128/ckpt.pt --seq-len 128 --n-pairs 16 --n-queries 16 --loss-on answers \
+        --curriculum 128 --lr 1e-3 --warmup 50 --threads 2 --time-budget-min 40 --max-steps 3000 --probe-size 200 \
+        --final-eval-size 400 --eval-every 200
 """
 from __future__ import annotations
 
