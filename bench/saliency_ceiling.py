@@ -78,7 +78,10 @@ def key_swap_stability(model, config: SDTPConfig, prompts: list[Prompt], origina
     `original`: `prompts` as `mark_prompts` marked them with `options` and `batch_size`."""
     def swapped(prompt: Prompt) -> Prompt:
         key = prompt.input_ids[-1]  # the query's key: the prompt's last token
-        other = task.key_offset + (key - task.key_offset + 1) % task.n_keys
+        # The next key id that the prompt does not hold: another pair's key would make the question ambiguous.
+        present = set(prompt.input_ids)
+        other = next(k for k in (task.key_offset + (key - task.key_offset + step) % task.n_keys
+                                 for step in range(1, task.n_keys)) if k not in present)
         return dataclasses.replace(prompt, input_ids=[other if t == key else t for t in prompt.input_ids])
 
     changed = mark_prompts(model, config, [swapped(p) for p in prompts], options, batch_size)

@@ -30,17 +30,17 @@ The committed model, three runs of two CPU threads (about 24, 17 and 16 minutes;
     # 1: four pairs, four queries, induction warm-up, 64 then 128 tokens
     python scripts/train_reference_model.py --out runs/multikey_model --work-dir runs/multikey --seq-len 128 \
         --n-pairs 4 --n-queries 4 --loss-on answers --curriculum 64,128 --aux-copy-rows 8 --threads 2 \
-        --time-budget-min 40 --max-steps 4000 --probe-size 0 --final-eval-size 200 --eval-every 200
+        --time-budget-min 40 --max-steps 4000 --probe-size 0 --final-eval-size 200 --eval-every 200 --no-progress
     # 2: the same task at 128 tokens only
     python scripts/train_reference_model.py --out runs/multikey128_model --work-dir runs/multikey128 \
         --init-from runs/multikey/ckpt.pt --seq-len 128 --n-pairs 4 --n-queries 4 --loss-on answers \
         --curriculum 128 --lr 1e-3 --warmup 50 --threads 2 --time-budget-min 18 --max-steps 3000 --probe-size 200 \
-        --final-eval-size 200 --eval-every 200
+        --final-eval-size 200 --eval-every 200 --no-progress
     # 3: sixteen pairs, all sixteen asked; models/reference/ is runs/kv16_model/ plus the logs of runs 1 and 2
     python scripts/train_reference_model.py --out runs/kv16_model --work-dir runs/kv16 \
         --init-from runs/multikey128/ckpt.pt --seq-len 128 --n-pairs 16 --n-queries 16 --loss-on answers \
         --curriculum 128 --lr 1e-3 --warmup 50 --threads 2 --time-budget-min 40 --max-steps 3000 --probe-size 200 \
-        --final-eval-size 400 --eval-every 200
+        --final-eval-size 400 --eval-every 200 --no-progress
 """
 from __future__ import annotations
 

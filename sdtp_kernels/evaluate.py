@@ -78,6 +78,8 @@ def task_prompts(task_json: str, count: int, start: int = 0, seq_len: Optional[i
 def file_prompts(path: str, count: Optional[int] = None, start: int = 0) -> list[Prompt]:
     """Prompts of a JSON Lines file: ``input_ids`` (the prompt) and ``answer`` (a token id, or a list whose first
     entry is the next token); ``answer_position`` and ``labels`` (one per prompt token, for marking) optional."""
+    from .train.data import IGNORE_INDEX
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} does not exist")
     prompts = []
@@ -99,8 +101,10 @@ def file_prompts(path: str, count: Optional[int] = None, start: int = 0) -> list
                 raise ValueError(f"{where}: `input_ids` must be a non-empty list of ints and `answer` an int")
             position = record.get("answer_position")
             labels = record.get("labels")
-            if labels is not None and (not isinstance(labels, list) or len(labels) != len(ids)):
-                raise ValueError(f"{where}: `labels` must be a list with one entry per `input_ids` token")
+            if labels is not None and not (isinstance(labels, list) and len(labels) == len(ids)
+                                           and all(isinstance(t, int) and t >= IGNORE_INDEX for t in labels)):
+                raise ValueError(f"{where}: `labels` must be a list of token ids (or -100) with one entry per "
+                                 "`input_ids` token")
             prompts.append(Prompt(ids, answer, None if position is None or position < 0 else int(position), labels))
     prompts = prompts[start:]
     return prompts if count is None else prompts[:count]
@@ -456,6 +460,7 @@ def evaluate_spearman(
     options = saliency_options or SaliencyOptions()
     layers = config.stage_layers(len(_decoder_layers(model)))
     marked = mark_prompts(model, config, prompts, options, batch_size)
+    seeds = list(untrained_seeds)
 
     def stage_means(state: Optional[dict[str, torch.Tensor]], seed: int = 0) -> list[float]:
         torch.manual_seed(seed)
@@ -472,13 +477,13 @@ def evaluate_spearman(
         return sum(values) / len(values) if values else float("nan")
 
     trained = stage_means(trained_state)
-    untrained = [mean(stage_means(None, seed)) for seed in untrained_seeds]
+    untrained = [mean(stage_means(None, seed)) for seed in seeds]
     return {
         "trained": mean(trained),
         "trained_per_stage": trained,
         "untrained": mean(untrained),
         "untrained_per_seed": untrained,
-        "untrained_seeds": list(untrained_seeds),
+        "untrained_seeds": seeds,
         "prompts": len(prompts),
         "stage_layers": list(layers),
         "saliency": options.describe(),
@@ -589,6 +594,16 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _ratios(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -710,7 +725,7 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="random baseline and first untrained predictors' seed")
-    parser.add_argument("--untrained-seeds", type=int, default=8,
+    parser.add_argument("--untrained-seeds", type=_positive, default=8,
                         help="freshly initialised predictor sets averaged for the untrained Spearman (default 8)")
     parser.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     parser.set_defaults(run=_eval)

@@ -153,8 +153,17 @@ def test_marking_labels_the_prompts_own_labelled_tokens_as_training_does(tmp_pat
     assert not torch.allclose(marked.saliency, unlabelled.saliency)
 
 
-def test_file_prompts_checks_labels(tmp_path):
+@pytest.mark.parametrize("labels", [[2], [2, 3.5, -100], [2, None, 3], [-101, 2, 3]])
+def test_file_prompts_checks_labels(tmp_path, labels):
     path = tmp_path / "data.jsonl"
-    path.write_text(json.dumps({"input_ids": [1, 2, 3], "answer": 4, "labels": [2]}) + "\n")
-    with pytest.raises(ValueError, match="line 1: `labels` must be a list with one entry per `input_ids` token"):
+    path.write_text(json.dumps({"input_ids": [1, 2, 3], "answer": 4, "labels": labels}) + "\n")
+    with pytest.raises(ValueError, match="line 1: `labels` must be a list of token ids .* one entry per `input_ids`"):
         E.file_prompts(str(path))
+
+
+def test_untrained_seeds_must_be_positive():
+    parser = argparse.ArgumentParser()
+    E.add_commands(parser.add_subparsers())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "--model", "m", "--predictors", "p", "--task", "t", "--out", "o",
+                           "--untrained-seeds", "0"])

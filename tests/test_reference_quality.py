@@ -14,7 +14,7 @@ REFERENCE = pathlib.Path(__file__).resolve().parents[1] / "models" / "reference"
 def test_trained_predictors_keep_the_answer_where_random_pruning_loses_it():
     config, state, _ = E.load_predictors(str(REFERENCE / "sdtp"))
     model = AutoModelForCausalLM.from_pretrained(str(REFERENCE), dtype=torch.float32).eval().requires_grad_(False)
-    prompts = E.task_prompts(str(REFERENCE / "task.json"), 64)
+    prompts = E.task_prompts(str(REFERENCE / "task.json"), 128)
     results = E.evaluate_pruning(model, config, state, prompts, keep_ratios=(0.9, 0.7), methods=("sdtp", "random"))
     unpruned, sdtp, random = results["none"]["accuracy"], results["sdtp"], results["random"]
     assert unpruned >= 0.95

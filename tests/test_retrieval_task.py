@@ -62,7 +62,8 @@ def test_shapes_vocab_and_answer_placement(seq_len, n_pairs, n_queries):
         assert full[task.answer_target_positions()[-1] + 1] == ex.answer[0]
         # labels: exactly the in-place answers (the training targets other than the prompt's answer)
         assert len(ex.labels) == seq_len
-        assert [p for p, t in enumerate(ex.labels) if t != IGNORE] == [t + 1 for t in task.answer_target_positions()[:-1]]
+        in_place = [t + 1 for t in task.answer_target_positions()[:-1]]
+        assert [p for p, t in enumerate(ex.labels) if t != IGNORE] == in_place
         assert all(ex.labels[p] == ids[p] for p, t in enumerate(ex.labels) if t != IGNORE)
 
 

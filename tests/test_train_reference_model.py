@@ -18,18 +18,24 @@ def test_tiny_run_writes_a_loadable_model_and_resumes(tmp_path):
                "--n-queries", "3", "--curriculum", "48", "--max-steps", "3", "--eval-every", "2", "--eval-size", "8",
                "--final-eval-size", "8", "--probe-size", "8", "--batch-size", "4", "--no-progress", "--threads", "1",
                "--time-budget-min", "0"]
-    subprocess.run(command, check=True, capture_output=True, text=True)
+    _run(command)
 
     task = json.loads((out / "task.json").read_text())
     accuracy = task["answer_accuracy"]
-    assert len(accuracy["per_query"]) == 3
-    # The last query's value is the prompt's answer: both measurements read the same logits.
-    assert accuracy["per_query"][-1] == accuracy["accuracy"]
+    assert len(accuracy["per_query"]) == 3 and all(0 <= a <= 1 for a in accuracy["per_query"])
     log = json.loads((out / "train_log.json").read_text())
     assert log["steps"] == 3 and log["per_query_accuracy"] == accuracy["per_query"]
     assert set(log["pruning_probe"]) >= {"start4_step3_keep0.7_random", "start4_step3_keep0.7_answer_pair_kept"}
     model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
     assert model.config.num_hidden_layers == 5 and model.config.vocab_size == task["task"]["vocab_size"]
 
-    rerun = subprocess.run(command, check=True, capture_output=True, text=True)
-    assert "resumed from" in rerun.stdout and json.loads((out / "train_log.json").read_text())["steps"] == 3
+    rerun = _run(command)
+    assert "resumed from" in rerun.stdout
+    # Resumed at its end: the same training curve, nothing trained again.
+    assert json.loads((out / "train_log.json").read_text())["train_curve"] == log["train_curve"]
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done

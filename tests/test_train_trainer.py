@@ -3,6 +3,7 @@ and the `sdtp mark` / `sdtp train` commands run on a model directory without a t
 import json
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -100,6 +101,11 @@ def test_log_has_the_schedules_kept_fraction_and_a_gap_warns(workdir, tmp_path, 
     assert len(log) == 2 and all(0 < line["kept"] <= 1 for line in log)
     # 3 stages at keep_ratio 0.7: the last keeps about 0.7 ** 3 of each prompt
     assert all(abs(line["kept_target"] - 0.7 ** 3) < 0.05 for line in log)
+    monkeypatch.setattr(trainer, "KEPT_GAP_WARNING", 2.0)  # no gap reaches it: silent
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train(_options(workdir, tmp_path / "quiet", max_steps=2))
+    assert not [w for w in caught if "--ratio-weight" in str(w.message)]
 
 
 def _ddp_worker(rank: int, port: int, workdir, out) -> None:

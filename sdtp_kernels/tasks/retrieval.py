@@ -15,9 +15,10 @@ A prompt of exactly ``seq_len`` tokens is::
 ``n_pairs`` pairs ``KEY k v`` sit at uniformly random, non-overlapping places of the context (distinct keys, distinct
 values when possible), the rest is uniformly random filler. The query section asks ``n_queries`` distinct keys of
 those pairs; all but the last are answered in place, the last one (``kT``) is the prompt's question and its value is
-the answer: the next token after the prompt. The in-place answers are labelled too (``labels``): a model trained on
-every answer is marked and evaluated on the loss it was trained on. The target pair is drawn uniformly, so the answer may sit anywhere in
-the context, and pruning that does not look at content drops it with the probability of dropping any token.
+the answer: the next token after the prompt. The in-place answers are labelled too (``labels``), so that the
+saliency of a model trained on every answer is marked with the loss it was trained on. The target pair is drawn
+uniformly, so the answer may sit anywhere in the context, and pruning that does not look at content drops it with
+the probability of dropping any token.
 
 Pairs avoid the first ``head_margin`` tokens and the last ``ceil(tail_margin * seq_len)`` tokens of the prompt
 (by default the attention-sink tokens and the local window that SDTP always keeps: DESIGN §4 ``num_sink=4``,
