@@ -80,8 +80,10 @@ def key_swap_stability(model, config: SDTPConfig, prompts: list[Prompt], origina
         key = prompt.input_ids[-1]  # the query's key: the prompt's last token
         # The next key id that the prompt does not hold: another pair's key would make the question ambiguous.
         present = set(prompt.input_ids)
-        other = next(k for k in (task.key_offset + (key - task.key_offset + step) % task.n_keys
-                                 for step in range(1, task.n_keys)) if k not in present)
+        other = next((k for k in (task.key_offset + (key - task.key_offset + step) % task.n_keys
+                                  for step in range(1, task.n_keys)) if k not in present), None)
+        if other is None:
+            raise ValueError(f"key_swap needs a key the prompt does not hold; this task uses all {task.n_keys} keys")
         return dataclasses.replace(prompt, input_ids=[other if t == key else t for t in prompt.input_ids])
 
     changed = mark_prompts(model, config, [swapped(p) for p in prompts], options, batch_size)

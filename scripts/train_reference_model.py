@@ -260,7 +260,7 @@ def query_accuracies(model, task: RetrievalTask, count: int, batch_size: int = 6
         logits = model(input_ids=inp).logits[:, positions]
         correct += (logits.argmax(-1) == tgt[:, positions]).sum(0)
     model.train()
-    return [round(c / count, 4) for c in correct.tolist()]
+    return [c / count for c in correct.tolist()]
 
 
 # ---- pruning probe: hide tokens as keys from the SDTP stage layers on (the masked simulation of DESIGN §5.2) ----
@@ -511,10 +511,10 @@ def main(argv=None):
     from transformers import LlamaForCausalLM
 
     reloaded = LlamaForCausalLM.from_pretrained(a.out, dtype=torch.float32)
-    final_acc = evaluate(reloaded, final_eval, a.final_eval_size)
-    print(f"final held-out accuracy @ {a.seq_len} (reloaded {a.save_dtype} -> float32, {a.final_eval_size} prompts): {final_acc:.4f}", flush=True)
     per_query = query_accuracies(reloaded, final_eval, a.final_eval_size)
-    print(f"accuracy of each query's value, in query order: {per_query}", flush=True)
+    final_acc = per_query[-1]  # the last query's value is the prompt's answer
+    print(f"final held-out accuracy @ {a.seq_len} (reloaded {a.save_dtype} -> float32, {a.final_eval_size} prompts): {final_acc:.4f}", flush=True)
+    print(f"accuracy of each query's value, in query order: {[round(v, 4) for v in per_query]}", flush=True)
     probe = pruning_probe(reloaded, final_eval, a.probe_size) if a.probe_size else {}
     if probe:
         print(f"pruning probe (masked, stages 4/7/10, sink 4, local 10%): {json.dumps(probe)}", flush=True)

@@ -438,7 +438,11 @@ def mean_spearman(score_fn: Scorer, marked: Sequence[MarkedBatch]) -> list[float
                     rho = spearman(scores[row][ranked], batch.saliency[s, row][ranked])
                     if not math.isnan(rho):
                         per_stage[s].append(rho)
-    return [sum(v) / len(v) if v else float("nan") for v in per_stage]
+    return [_mean(v) for v in per_stage]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def evaluate_spearman(
@@ -473,15 +477,12 @@ def evaluate_spearman(
         finally:
             remove_sdtp(model)
 
-    def mean(values: Sequence[float]) -> float:
-        return sum(values) / len(values) if values else float("nan")
-
     trained = stage_means(trained_state)
-    untrained = [mean(stage_means(None, seed)) for seed in seeds]
+    untrained = [_mean(stage_means(None, seed)) for seed in seeds]
     return {
-        "trained": mean(trained),
+        "trained": _mean(trained),
         "trained_per_stage": trained,
-        "untrained": mean(untrained),
+        "untrained": _mean(untrained),
         "untrained_per_seed": untrained,
         "untrained_seeds": seeds,
         "prompts": len(prompts),

@@ -115,11 +115,14 @@ def _example(where: str, record, tokenize: _Tokenizer, vocab_size: int) -> Examp
         raise ValueError(f"{where}: a record holds one of {ACCEPTED}; this one has {found} (fields: {sorted(record)})")
     if "input_ids" in record:
         ids = _token_ids(where, "input_ids", record["input_ids"], vocab_size)
-        labels = list(ids) if "labels" not in record and "answer" not in record else [IGNORE_INDEX] * len(ids)
         if "labels" in record:
             labels = _token_ids(where, "labels", record["labels"], vocab_size, allow_ignore=True)
             if len(labels) != len(ids):
                 raise ValueError(f"{where}: `labels` has {len(labels)} entries for {len(ids)} `input_ids`")
+        elif "answer" in record:
+            labels = [IGNORE_INDEX] * len(ids)  # the loss is on the answer only
+        else:
+            labels = list(ids)
         answer = _token_ids(where, "answer", record["answer"], vocab_size) if "answer" in record else []
         return Example(ids + answer, labels + answer, len(ids))
     if "text" in record:
