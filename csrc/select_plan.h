@@ -1,4 +1,4 @@
-// How many tokens a row keeps and which of its valid ranks are protected (DESIGN §3.2).
+// How many tokens a row keeps and which of its valid ranks are protected (docs/ARCHITECTURE.md §3.2).
 // Shared by the CPU and CUDA kernels so both answer the same way.
 #pragma once
 #include <cstdint>

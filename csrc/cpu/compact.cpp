@@ -1,21 +1,16 @@
-// CPU compact / compact_varlen (DESIGN §3.3): whole-row copies (memcpy of the contiguous tail behind the
-// sequence dim), zero rows where index == -1.
+// CPU compact / compact_varlen (docs/ARCHITECTURE.md §3.3): whole-row copies (memcpy of the contiguous tail behind
+// the sequence dim), zero rows where index == -1.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cstring>
 
+#include "../host_common.h"
 #include "../validate.h"
 
 namespace sdtp {
 namespace {
-
-int64_t prod(const at::Tensor& x, int64_t from, int64_t to) {
-  int64_t p = 1;
-  for (int64_t i = from; i < to; ++i) p *= x.size(i);
-  return p;
-}
 
 // A contiguous x viewed as [B, outer, N, row_bytes]: the rows that compact moves are row_bytes long.
 struct RowCopy {
@@ -44,12 +39,10 @@ at::Tensor compact_cpu(const at::Tensor& x_in, const at::Tensor& index_in, int64
   const auto index = index_in.contiguous();
   const int64_t B = x.size(0), N = x.size(d), K = index.size(1);
   check_index_range(index, N, "sdtp.compact");
-  auto sizes = x.sizes().vec();
-  sizes[d] = K;
-  auto out = at::empty(sizes, x.options());
+  auto out = at::empty(compact_sizes(x, d, K), x.options());
   if (out.numel() == 0) return out;
-  const int64_t outer = prod(x, 1, d);
-  const RowCopy c{static_cast<const char*>(x.data_ptr()), outer, N, prod(x, d + 1, x.dim()) * x.element_size()};
+  const int64_t outer = size_prod(x, 1, d);
+  const RowCopy c{static_cast<const char*>(x.data_ptr()), outer, N, size_prod(x, d + 1, x.dim()) * x.element_size()};
   char* dst = static_cast<char*>(out.data_ptr());
   const int64_t* idx = index.data_ptr<int64_t>();
   // Parallel over every output row (not per batch row, so that B = 1 uses all threads), in chunks of >= 64 KiB.
@@ -69,18 +62,12 @@ std::tuple<at::Tensor, at::Tensor, c10::SymInt> compact_varlen_cpu(const at::Ten
   const auto index = index_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), K = index.size(1);
   check_index_range(index, N, "sdtp.compact_varlen");
-  // Rows keep their non-negative entries in order; cu_seqlens are their running totals.
-  const auto counts = index.ge(0).sum(1);
-  auto cu_seqlens = at::zeros({B + 1}, at::kInt);
-  if (B > 0) cu_seqlens.slice(0, 1).copy_(counts.cumsum(0));
-  const int64_t T = B > 0 ? cu_seqlens[B].item<int64_t>() : 0;
-  const int64_t max_seqlen = B > 0 ? counts.max().item<int64_t>() : 0;
-  auto sizes = x.sizes().vec();
-  sizes.erase(sizes.begin());
-  sizes[0] = T;
-  auto packed = at::empty(sizes, x.options());
+  const SeqLens s = seqlens_from_index(index);
+  const auto& cu_seqlens = s.cu_seqlens;
+  const int64_t max_seqlen = s.max_seqlen;
+  auto packed = at::empty(compact_varlen_sizes(x, s.total), x.options());
   if (packed.numel() == 0) return {packed, cu_seqlens, c10::SymInt(max_seqlen)};
-  const RowCopy c{static_cast<const char*>(x.data_ptr()), 1, N, prod(x, 2, x.dim()) * x.element_size()};
+  const RowCopy c{static_cast<const char*>(x.data_ptr()), 1, N, size_prod(x, 2, x.dim()) * x.element_size()};
   char* dst = static_cast<char*>(packed.data_ptr());
   const int64_t* idx = index.data_ptr<int64_t>();
   const int32_t* cu = cu_seqlens.data_ptr<int32_t>();

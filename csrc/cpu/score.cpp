@@ -1,5 +1,6 @@
-// CPU saliency_score (DESIGN §3.1): tokens in blocks, each block normalised in fp32 and multiplied by w1 with the
-// RMSNorm weight folded in; bias, GELU and the w2 dot run on the block, so no [tokens, H] tensor is ever whole.
+// CPU saliency_score (docs/ARCHITECTURE.md §3.1): tokens in blocks, each block normalised in fp32 and multiplied by
+// w1 with the RMSNorm weight folded in; bias, GELU and the w2 dot run on the block, so no [tokens, H] tensor is ever
+// whole.
 // Blocks run one after another and each ATen call inside uses every thread: a parallel loop over blocks would nest
 // the GEMM library's own threads inside ours, which collapses under load.
 #include <ATen/ATen.h>

@@ -1,5 +1,5 @@
-// CPU select_tokens (DESIGN §3.2): per row, a partial selection (nth_element) of the pivot over the unprotected
-// valid tokens, then one ascending scan that writes the kept positions already sorted and right-aligned.
+// CPU select_tokens (docs/ARCHITECTURE.md §3.2): per row, a partial selection (nth_element) of the pivot over the
+// unprotected valid tokens, then one ascending scan that writes the kept positions already sorted and right-aligned.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../host_common.h"
 #include "../select_plan.h"
 #include "../validate.h"
 
@@ -87,15 +88,10 @@ std::tuple<at::Tensor, at::Tensor> select_tokens_cpu(const at::Tensor& scores_in
     counts.data_ptr<int64_t>()[b] = plans[b].kept;
     K = std::max(K, plans[b].kept);
   }
-  if (width.has_value()) {
-    TORCH_CHECK_VALUE(*width >= K, "sdtp.select_tokens: argument 'width' = ", *width,
-                      " is smaller than the largest kept count ", K);
-    K = *width;
-  }
+  K = check_width(width, K);
   auto index = at::empty({B, K}, at::kLong);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "sdtp_select_tokens_cpu", [&] {
-    select_rows<scalar_t>(scores, mask, plans, K, index);
-  });
+  SDTP_DISPATCH_FLOATING(scores.scalar_type(), "sdtp_select_tokens_cpu",
+                         [&] { select_rows<scalar_t>(scores, mask, plans, K, index); });
   return {index, counts};
 }
 

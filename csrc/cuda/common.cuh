@@ -1,6 +1,5 @@
 // Small device helpers shared by the CUDA kernels (csrc/cuda/*.cu).
 #pragma once
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/macros/Macros.h>
 #include <cuda_runtime.h>
@@ -12,13 +11,6 @@
   do {                           \
     CUDA_KERNEL_ASSERT(cond);    \
   } while (0)
-
-// The dtypes the ops accept for activations and scores: float32, float16, bfloat16 (no float64 instantiations).
-#define SDTP_DISPATCH_FLOATING(TYPE, NAME, ...)             \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                           \
-                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
-                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 namespace sdtp {
 namespace cuda {

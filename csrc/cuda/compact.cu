@@ -1,6 +1,6 @@
-// CUDA compact / compact_varlen (DESIGN §3.3): row gathers along the sequence dim. A contiguous x is viewed as
-// [B, outer, N, row_bytes]; each output row is one source row (or zeros for index -1), copied with the widest
-// vector (16, 8, 4, 2 or 1 bytes) that the row length and both base pointers allow. All offsets are 64-bit.
+// CUDA compact / compact_varlen (docs/ARCHITECTURE.md §3.3): row gathers along the sequence dim. A contiguous x is
+// viewed as [B, outer, N, row_bytes]; each output row is one source row (or zeros for index -1), copied with the
+// widest vector (16, 8, 4, 2 or 1 bytes) that the row length and both base pointers allow. All offsets are 64-bit.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -9,6 +9,7 @@
 
 #include <algorithm>
 
+#include "../host_common.h"
 #include "../validate.h"
 #include "common.cuh"
 
@@ -71,12 +72,6 @@ __global__ void __launch_bounds__(kThreads) gather_rows_kernel(GatherArgs a) {
   }
 }
 
-int64_t prod(const at::Tensor& x, int64_t from, int64_t to) {
-  int64_t p = 1;
-  for (int64_t i = from; i < to; ++i) p *= x.size(i);
-  return p;
-}
-
 // Launches the gather with the widest vector that row_bytes and both base pointers allow.
 void launch_gather(GatherArgs a) {
   if (a.rows == 0 || a.row_bytes == 0) return;
@@ -110,20 +105,18 @@ at::Tensor compact_cuda(const at::Tensor& x_in, const at::Tensor& index_in, int6
   const auto x = x_in.contiguous();
   const auto index = index_in.contiguous();
   const int64_t B = x.size(0), N = x.size(d), K = index.size(1);
-  auto sizes = x.sizes().vec();
-  sizes[d] = K;
-  auto out = at::empty(sizes, x.options());
+  auto out = at::empty(compact_sizes(x, d, K), x.options());
   if (out.numel() == 0) return out;
   GatherArgs a{};
   a.src = static_cast<const char*>(x.data_ptr());
   a.dst = static_cast<char*>(out.data_ptr());
   a.index = index.data_ptr<int64_t>();
   a.dest_rows = nullptr;
-  a.outer = prod(x, 1, d);
+  a.outer = size_prod(x, 1, d);
   a.K = K;
   a.N = N;
   a.rows = B * a.outer * K;
-  a.row_bytes = prod(x, d + 1, x.dim()) * static_cast<int64_t>(x.element_size());
+  a.row_bytes = size_prod(x, d + 1, x.dim()) * static_cast<int64_t>(x.element_size());
   launch_gather(a);
   return out;
 }
@@ -135,26 +128,14 @@ std::tuple<at::Tensor, at::Tensor, c10::SymInt> compact_varlen_cuda(const at::Te
   const auto x = x_in.contiguous();
   const auto index = index_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), K = index.size(1);
-  auto cu_seqlens = at::zeros({B + 1}, index.options().dtype(at::kInt));
-  auto sizes = x.sizes().vec();
-  sizes.erase(sizes.begin());
-  if (B == 0) {
-    sizes[0] = 0;
-    return {at::empty(sizes, x.options()), cu_seqlens, c10::SymInt(0)};
-  }
-  // Rows keep their non-negative entries in order: row b's j-th kept entry goes to packed row cu_seqlens[b] + j.
-  const auto kept = index.ge(0);
-  const auto counts = kept.sum(1);  // int64 [B]
-  const auto ends = counts.cumsum(0);
-  cu_seqlens.slice(0, 1).copy_(ends);
-  // The one device-to-host read: total tokens and the longest row.
-  const auto stats = at::stack({ends[B - 1], counts.max()}).cpu();
-  const int64_t T = stats.data_ptr<int64_t>()[0];
-  const int64_t max_seqlen = stats.data_ptr<int64_t>()[1];
-  sizes[0] = T;
-  auto packed = at::empty(sizes, x.options());
+  // The one device-to-host read (none when B == 0): total tokens and the longest row.
+  const SeqLens s = seqlens_from_index(index);
+  const auto& cu_seqlens = s.cu_seqlens;
+  const int64_t max_seqlen = s.max_seqlen;
+  auto packed = at::empty(compact_varlen_sizes(x, s.total), x.options());
   if (packed.numel() == 0) return {packed, cu_seqlens, c10::SymInt(max_seqlen)};
-  const auto dest_rows = (kept.cumsum(1) - 1).add_((ends - counts).unsqueeze(1)).contiguous();  // int64 [B, K]
+  // Rows keep their non-negative entries in order: row b's j-th kept entry goes to packed row cu_seqlens[b] + j.
+  const auto dest_rows = (s.kept.cumsum(1) - 1).add_((s.ends - s.counts).unsqueeze(1)).contiguous();  // int64 [B, K]
   GatherArgs a{};
   a.src = static_cast<const char*>(x.data_ptr());
   a.dst = static_cast<char*>(packed.data_ptr());
@@ -164,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, c10::SymInt> compact_varlen_cuda(const at::Te
   a.K = K;
   a.N = N;
   a.rows = B * K;
-  a.row_bytes = prod(x, 2, x.dim()) * static_cast<int64_t>(x.element_size());
+  a.row_bytes = size_prod(x, 2, x.dim()) * static_cast<int64_t>(x.element_size());
   launch_gather(a);
   return {packed, cu_seqlens, c10::SymInt(max_seqlen)};
 }

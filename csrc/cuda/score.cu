@@ -1,4 +1,4 @@
-// CUDA saliency_score (DESIGN §3.1), fused:
+// CUDA saliency_score (docs/ARCHITECTURE.md §3.1), fused:
 //   s = gelu_erf((x / rms(x)) @ (w1 * g).T + b1) @ w2 + b2.
 // The RMSNorm weight g is folded into w1 once per call (fold_kernel, in the GEMM's input dtype, zero-padded to a
 // multiple of 8 columns). The main kernel multiplies a 128-token x 128-hidden tile of x by the folded weights on
@@ -385,6 +385,7 @@ void fold_weights(const at::Tensor& w1, const at::Tensor& g, at::Tensor& wf, int
   const int64_t total = H * Dp;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>(ceil_div<int64_t>(total, threads), int64_t{1} << 16);
+  // Not SDTP_DISPATCH_FLOATING: the weights may be any floating type, float64 included.
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w1.scalar_type(), "sdtp_fold_weights", [&] {
     fold_kernel<scalar_t, Tout><<<blocks, threads, 0, stream>>>(w1.data_ptr<scalar_t>(), g.data_ptr<float>(),
                                                               reinterpret_cast<Tout*>(wf.data_ptr()), H, D, Dp);

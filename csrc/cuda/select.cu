@@ -1,5 +1,5 @@
-// CUDA select_tokens (DESIGN §3.2). Per row b, the unprotected valid tokens compete by the unique rank key
-// (score_key << 32 | ~position); the m-th largest key is the pivot. It is found without sorting:
+// CUDA select_tokens (docs/ARCHITECTURE.md §3.2). Per row b, the unprotected valid tokens compete by the unique
+// rank key (score_key << 32 | ~position); the m-th largest key is the pivot. It is found without sorting:
 //   plan      one CTA per row: valid count L, plan_row(), the positions that bound the protected sinks/locals,
 //             counts[b], and zeroes the row's radix histograms. K = max counts is worked out on the host when it
 //             can be (no mask, keep/num_local on the CPU); else it is the one value the host reads back;
@@ -19,6 +19,7 @@
 
 #include <algorithm>
 
+#include "../host_common.h"
 #include "../select_plan.h"
 #include "../validate.h"
 #include "common.cuh"
@@ -423,25 +424,20 @@ std::tuple<at::Tensor, at::Tensor> select_tokens_cuda(const at::Tensor& scores_i
 
   // Without a mask every row has L = N valid tokens, so with keep / num_local on the CPU the kept counts (and K)
   // are known here: no device-to-host read, and a too-small `width` is a clean error as on the CPU.
-  int64_t host_K = -1;
+  int64_t K = -1;  // the output width, once known
   if (!valid.defined() && keep_host.defined() && local_host.defined()) {
-    host_K = 0;
+    int64_t kept_max = 0;
     const int64_t* kp = keep_host.data_ptr<int64_t>();
     const int64_t* lp = local_host.data_ptr<int64_t>();
-    for (int64_t b = 0; b < B; ++b) host_K = std::max(host_K, plan_row(N, kp[b], num_sink, lp[b]).kept);
-    if (width.has_value()) {
-      TORCH_CHECK_VALUE(*width >= host_K, "sdtp.select_tokens: argument 'width' = ", *width,
-                        " is smaller than the largest kept count ", host_K);
-    }
+    for (int64_t b = 0; b < B; ++b) kept_max = std::max(kept_max, plan_row(N, kp[b], num_sink, lp[b]).kept);
+    K = check_width(width, kept_max);
   }
 
   plan_kernel<<<B, kThreads, 0, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  int64_t K = host_K;
-  if (width.has_value()) {
-    K = *width;
-  } else if (K < 0) {
-    K = counts.max().item<int64_t>();  // the one device-to-host read
+  if (K < 0) {
+    // Kept counts only known on the device: a given `width` is asserted against them in plan_kernel.
+    K = width.has_value() ? *width : counts.max().item<int64_t>();  // else the one device-to-host read
   }
   auto index = at::empty({B, K}, long_opts);
   if (K == 0) return {index, counts};
