@@ -1,5 +1,5 @@
 """CUDA micro benchmarks of the sdtp ops against their PyTorch baselines and the device's measured ceilings, all in
-one run (issue 3). CUDA-event timing: warm-up calls, then the median of many timed calls, each call timed on its own
+one run. CUDA-event timing: warm-up calls, then the median of many timed calls, each call timed on its own
 (start event, call, end event, synchronise), so a call's host work and its one host read count as they do for a user.
 
     python bench/cuda_micro.py OUT.json [--quick] [--only select|compact|score]

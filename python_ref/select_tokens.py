@@ -15,8 +15,9 @@ def protected_mask(valid, num_sink, num_local):
 
 
 def select_tokens(scores, keep, valid=None, num_sink=4, num_local=0, width=None):
-    """Reference of sdtp.select_tokens (DESIGN §3.2): protected tokens always kept, the rest ranked by score
-    descending (ties: lower position first; NaN last), kept positions ascending and right-aligned with -1 padding."""
+    """Reference of sdtp.select_tokens (docs/ARCHITECTURE.md §3.2): protected tokens always kept, the rest ranked by
+    score descending (ties: lower position first; NaN last), kept positions ascending and right-aligned with -1
+    padding."""
     B, N = scores.shape
     device = scores.device
     valid = torch.ones(B, N, dtype=torch.bool, device=device) if valid is None else valid.bool()

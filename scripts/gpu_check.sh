@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for the GPU machine (DESIGN §6; one H200, torch 2.11.0+cu130, Python 3.12, no network, ~10 min):
+# One command for the GPU machine (docs/ARCHITECTURE.md §7; one H200, torch 2.11.0+cu130, Python 3.12, no network, ~10 min):
 # builds the extension there for sm_90, prints build_info, runs the tests (the CUDA-parametrised ones first, on
 # their own, so that one failure does not hide the others), compute-sanitizer memcheck and racecheck over
 # scripts/sanitizer_smoke.py, and the CUDA micro benchmarks. Every step has its own timeout; a failing step is

@@ -1,19 +1,25 @@
-"""SDTP — Saliency-driven Dynamic Token Pruning for LLM prefill, as native kernels with Python bindings."""
-import torch  # noqa: F401  (must be loaded before the extension)
+"""SDTP — Saliency-driven Dynamic Token Pruning for LLM prefill, as native kernels with Python bindings.
 
-from .build_info import build_info
+Importing the package loads nothing heavy: the ops, the predictor and the build information resolve on first
+access, and the compiled extension loads on the first op call (`sdtp_kernels.ops.load_library`)."""
+import importlib
+
 from .config import SDTPConfig
-from .ops import compact, compact_varlen, saliency_score, select_tokens
-from .predictor import SaliencyPredictor
 from .version import __version__
 
-__all__ = [
-    "SDTPConfig",
-    "SaliencyPredictor",
-    "__version__",
-    "build_info",
-    "compact",
-    "compact_varlen",
-    "saliency_score",
-    "select_tokens",
-]
+_LAZY = {
+    "build_info": ".ops",
+    "compact": ".ops",
+    "compact_varlen": ".ops",
+    "saliency_score": ".ops",
+    "select_tokens": ".ops",
+    "SaliencyPredictor": ".predictor",
+}
+
+__all__ = ["SDTPConfig", "__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

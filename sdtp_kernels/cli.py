@@ -6,12 +6,13 @@ import json
 import sys
 
 from .demo import add_commands as add_demo_command
-from .evaluate import add_commands as add_eval_command
+from .eval.cli import add_commands as add_eval_command
+from .reference.cli import add_commands as add_reference_command
 from .train.cli import add_commands as add_training_commands
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .build_info import build_info
+    from .ops import build_info
 
     print(json.dumps(build_info(), indent=2))
     return 0
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(commands)
     add_training_commands(commands)
     add_eval_command(commands)
+    add_reference_command(commands)
     return parser
 
 

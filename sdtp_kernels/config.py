@@ -1,4 +1,4 @@
-"""`SDTPConfig`: where the predictors sit and how many tokens each stage keeps (DESIGN §4)."""
+"""`SDTPConfig`: where the predictors sit and how many tokens each stage keeps (docs/ARCHITECTURE.md §4)."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,9 +1,10 @@
 """`sdtp demo`: a batch of long prompts through one model with and without SDTP, side by side — tokens kept per
 stage, prefill and end-to-end latency, analytic FLOPs, peak memory, answers — as a table and a PNG plot.
 
-By default it runs the project's reference model (a small Llama trained on a synthetic key-value retrieval task,
-models/reference/) with its trained predictors (models/reference/sdtp/); --model/--predictors take any local
-checkpoint of a supported model instead (random prompts then, since no task describes their answers)."""
+By default it runs the reference model that installs with the package (a small Llama trained on a synthetic
+key-value retrieval task, `sdtp_kernels.models.reference_model()`) with its trained predictors (its sdtp/);
+--model/--predictors take any local checkpoint of a supported model instead (random prompts then, since no task
+describes their answers)."""
 from __future__ import annotations
 
 import argparse
@@ -15,14 +16,12 @@ import torch
 
 from .measure import CLOCKS, flops, measure
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "reference"
-
 
 def _prompts(model_dir: Path, batch: int, context: int | None, vocab_size: int, seed: int):
     """(input_ids [B, N], answers or None). Held-out task prompts when the model directory describes its task."""
     task_file = model_dir / "task.json"
     if task_file.exists():
-        from .evaluate import task_prompts
+        from .eval.prompts import task_prompts
 
         prompts = task_prompts(str(task_file), batch, seq_len=context)
         return torch.tensor([p.input_ids for p in prompts]), torch.tensor([p.answer for p in prompts])
@@ -148,7 +147,10 @@ def _plot(r: dict, path: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run_demo(Path(args.model), Path(args.predictors) if args.predictors else None, args.device,
+    from .models import reference_model
+
+    model_dir = Path(args.model) if args.model else reference_model()
+    result = run_demo(model_dir, Path(args.predictors) if args.predictors else None, args.device,
                       args.batch, args.context, args.new_tokens, args.repeats)
     print(_table(result))
     if args.json:
@@ -161,7 +163,8 @@ def _run(args: argparse.Namespace) -> int:
 def add_commands(commands) -> None:
     demo = commands.add_parser("demo", help="dense vs SDTP on a batch of long prompts: table and plot",
                                description=__doc__)
-    demo.add_argument("--model", default=str(DEFAULT_MODEL), help="local model directory (default: the reference model)")
+    demo.add_argument("--model", help="local model directory (default: the reference model installed with the "
+                      "package)")
     demo.add_argument("--predictors", help="directory written by save_sdtp (default: MODEL/sdtp)")
     demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     demo.add_argument("--batch", type=int, default=32,

@@ -1,16 +1,57 @@
-"""The four native ops (DESIGN §3) as Python functions, and their fake (shape-only) implementations so that
-`torch.compile` and `torch.library.opcheck` can trace them. The kernels themselves live in csrc/."""
+"""The four native ops (docs/ARCHITECTURE.md §3) as Python functions, and their fake (shape-only) implementations
+so that `torch.compile` and `torch.library.opcheck` can trace them. The kernels themselves live in csrc/.
+
+The compiled extension loads on the first op call (`load_library`), not at import: configuration, tasks and file
+formats import without a build, and a missing build is one clear error where an op is first needed."""
 from __future__ import annotations
 
+import types
 from typing import Optional, Union
 
 import torch
 
-from . import _C  # noqa: F401  (loading the extension registers torch.ops.sdtp.*)
-
 IntOrTensor = Union[int, torch.Tensor]
 
-_ops = torch.ops.sdtp
+_extension: Optional[types.ModuleType] = None
+
+
+def load_library() -> types.ModuleType:
+    """The compiled extension `sdtp_kernels._C`, loaded once; loading it registers `torch.ops.sdtp.*`, and the fake
+    implementations below are registered then (they need the op schemas)."""
+    global _extension
+    if _extension is None:
+        try:
+            from . import _C
+        except ImportError as error:
+            raise RuntimeError(
+                "sdtp_kernels: the native ops (sdtp_kernels._C) are not built in this installation "
+                f"({error}); build them with `bash scripts/setup.sh` or `pip install .` from the source tree"
+            ) from error
+        _register_fakes()
+        _extension = _C
+    return _extension
+
+
+def build_info() -> dict:
+    """What this installation was built with and can run on: version, torch, cpu (always True), cuda_compiled,
+    cuda_archs, cuda_available (a device is visible)."""
+    from .version import __version__
+
+    extension = load_library()
+    return {
+        "version": __version__,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cpu": True,
+        "cuda_compiled": bool(extension.cuda_compiled),
+        "cuda_archs": [a for a in extension.cuda_archs.replace(" ", ";").split(";") if a],
+        "cuda_available": bool(extension.cuda_compiled) and torch.cuda.is_available(),
+    }
+
+
+def _ops():
+    load_library()
+    return torch.ops.sdtp
 
 
 def saliency_score(
@@ -26,7 +67,7 @@ def saliency_score(
     `gelu_erf(rmsnorm(hidden) * norm_weight @ w1.T + b1) @ w2 + b2`, computed in float32."""
     if not isinstance(b2, torch.Tensor):
         b2 = torch.tensor(float(b2), device=hidden.device)
-    return _ops.saliency_score(hidden, norm_weight, w1, b1, w2, b2, eps)
+    return _ops().saliency_score(hidden, norm_weight, w1, b1, w2, b2, eps)
 
 
 def _row_tensor(value: IntOrTensor, name: str) -> torch.Tensor:
@@ -52,57 +93,56 @@ def select_tokens(
     `keep` / `num_local`: an int or a [B] integer tensor (on the CPU, or on scores' device). `valid`: [B, N] mask,
     False/0 = padding. `width`: the output width K when the caller knows it (must be >= every row's count); by
     default K = max(counts), which on CUDA costs one device-to-host read."""
-    return _ops.select_tokens(
+    return _ops().select_tokens(
         scores, _row_tensor(keep, "keep"), valid, num_sink, _row_tensor(num_local, "num_local"), width
     )
 
 
 def compact(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """`out[b, ..., j, ...] = x[b, ..., index[b, j], ...]` along `dim`, zeros where index == -1."""
-    return _ops.compact(x, index, dim)
+    return _ops().compact(x, index, dim)
 
 
 def compact_varlen(x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Rows of x [B, N, ...] picked by index (entries >= 0, in order), packed as FlashAttention's varlen layout:
     (packed [T, ...], cu_seqlens [B + 1] int32, max_seqlen)."""
-    return _ops.compact_varlen(x, index)
+    return _ops().compact_varlen(x, index)
 
 
 def _check_device(name: str, t: torch.Tensor, ref: torch.Tensor, op: str) -> None:
     if t.device != ref.device:
-        raise RuntimeError(f"{op}: argument '{name}' must be on the same device as its first argument ({ref.device}), got {t.device}")
+        raise RuntimeError(
+            f"{op}: argument '{name}' must be on the same device as its first argument ({ref.device}), got {t.device}")
 
 
-@torch.library.register_fake("sdtp::saliency_score")
-def _saliency_score_fake(hidden, norm_weight, w1, b1, w2, b2, eps=1e-6):
-    for name, t in (("norm_weight", norm_weight), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
-        _check_device(name, t, hidden, "sdtp.saliency_score")
-    return hidden.new_empty(hidden.shape[:-1], dtype=torch.float32)
+def _register_fakes() -> None:
+    @torch.library.register_fake("sdtp::saliency_score")
+    def _saliency_score_fake(hidden, norm_weight, w1, b1, w2, b2, eps=1e-6):
+        for name, t in (("norm_weight", norm_weight), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+            _check_device(name, t, hidden, "sdtp.saliency_score")
+        return hidden.new_empty(hidden.shape[:-1], dtype=torch.float32)
 
+    @torch.library.register_fake("sdtp::select_tokens")
+    def _select_tokens_fake(scores, keep, valid=None, num_sink=4, num_local=None, width=None):
+        if valid is not None:
+            _check_device("valid", valid, scores, "sdtp.select_tokens")
+        if width is None:
+            width = torch.library.get_ctx().new_dynamic_size()
+        B = scores.shape[0]
+        return scores.new_empty((B, width), dtype=torch.int64), scores.new_empty((B,), dtype=torch.int64)
 
-@torch.library.register_fake("sdtp::select_tokens")
-def _select_tokens_fake(scores, keep, valid=None, num_sink=4, num_local=None, width=None):
-    if valid is not None:
-        _check_device("valid", valid, scores, "sdtp.select_tokens")
-    if width is None:
-        width = torch.library.get_ctx().new_dynamic_size()
-    B = scores.shape[0]
-    return scores.new_empty((B, width), dtype=torch.int64), scores.new_empty((B,), dtype=torch.int64)
+    @torch.library.register_fake("sdtp::compact")
+    def _compact_fake(x, index, dim=1):
+        _check_device("index", index, x, "sdtp.compact")
+        d = dim % x.dim()
+        shape = list(x.shape)
+        shape[d] = index.shape[1]
+        return x.new_empty(shape)
 
-
-@torch.library.register_fake("sdtp::compact")
-def _compact_fake(x, index, dim=1):
-    _check_device("index", index, x, "sdtp.compact")
-    d = dim % x.dim()
-    shape = list(x.shape)
-    shape[d] = index.shape[1]
-    return x.new_empty(shape)
-
-
-@torch.library.register_fake("sdtp::compact_varlen")
-def _compact_varlen_fake(x, index):
-    _check_device("index", index, x, "sdtp.compact_varlen")
-    ctx = torch.library.get_ctx()
-    total, max_seqlen = ctx.new_dynamic_size(), ctx.new_dynamic_size()
-    packed = x.new_empty((total, *x.shape[2:]))
-    return packed, x.new_empty((x.shape[0] + 1,), dtype=torch.int32), max_seqlen
+    @torch.library.register_fake("sdtp::compact_varlen")
+    def _compact_varlen_fake(x, index):
+        _check_device("index", index, x, "sdtp.compact_varlen")
+        ctx = torch.library.get_ctx()
+        total, max_seqlen = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+        packed = x.new_empty((total, *x.shape[2:]))
+        return packed, x.new_empty((x.shape[0] + 1,), dtype=torch.int32), max_seqlen

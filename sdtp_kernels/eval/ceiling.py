@@ -1,4 +1,5 @@
-"""How far can any stage predictor follow the marked saliency on the retrieval task? (issue 5's Spearman target)
+"""How far can any stage predictor follow the marked saliency on the retrieval task? The ceiling that the trained
+predictors' Spearman correlation (`sdtp eval`) is read against.
 
 A predictor scores a token from its own hidden state at the stage layer, which (causal model) has seen only the
 token and its past. This measures, on held-out prompts of a retrieval task.json, the Spearman correlation between
@@ -13,8 +14,9 @@ filler tokens of a prompt and of the same prompt with its key replaced by anothe
 query). Where that is far from 1, the filler tokens' saliency depends on which key is asked for, which a token
 before the pair cannot know.
 
-    python bench/saliency_ceiling.py --model models/reference --task models/reference/task.json \\
-        --predictors models/reference/sdtp --out bench/results/saliency-ceiling.json
+    python -m sdtp_kernels.eval.ceiling --model sdtp_kernels/models/reference \\
+        --task sdtp_kernels/models/reference/task.json --predictors sdtp_kernels/models/reference/sdtp \\
+        --out bench/results/saliency-ceiling.json
 """
 from __future__ import annotations
 
@@ -27,13 +29,15 @@ import sys
 import torch
 from tqdm import tqdm
 
-from sdtp_kernels.config import SDTPConfig
-from sdtp_kernels.evaluate import (MarkedBatch, Prompt, load_predictors, machine, mark_prompts, mean_spearman,
-                                   read_task, task_prompts)
-from sdtp_kernels.hf import apply_sdtp, remove_sdtp, sdtp_predictors
-from sdtp_kernels.tasks.retrieval import RetrievalTaskConfig
-from sdtp_kernels.train.losses import masked_mse, ranking_loss
-from sdtp_kernels.train.options import SaliencyOptions
+from ..config import SDTPConfig
+from ..hf import apply_sdtp, remove_sdtp, sdtp_predictors
+from ..predictor_file import read_predictors
+from ..tasks.retrieval import RetrievalTaskConfig
+from ..train.losses import masked_mse, ranking_loss
+from ..train.options import SaliencyOptions
+from .marking import MarkedBatch, mark_prompts, mean_spearman
+from .prompts import Prompt, read_task, task_prompts
+from .report import machine
 
 
 def fitted_predictors(model, config: SDTPConfig, marked: list[MarkedBatch], steps: int, lr: float, seed: int):
@@ -121,8 +125,9 @@ def main(argv=None) -> int:
 
     config, options = SDTPConfig(), SaliencyOptions(absolute=args.absolute)
     if args.predictors:
-        config, _, trained_options = load_predictors(args.predictors)
-        options = trained_options or options
+        saved = read_predictors(args.predictors)
+        config, trained = saved.config, saved.saliency_options()
+        options = SaliencyOptions(**trained) if trained else options
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval().requires_grad_(False)
     task, _ = read_task(args.task)
     prompts = task_prompts(args.task, args.count)
@@ -142,7 +147,7 @@ def main(argv=None) -> int:
         "prompts": args.count,
         "fit_prompts": args.fit_count,
         "fit_steps": args.steps,
-        "command": "python bench/saliency_ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m sdtp_kernels.eval.ceiling " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

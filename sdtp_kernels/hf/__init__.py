@@ -1,10 +1,13 @@
 """SDTP for Hugging Face transformers causal LMs: patch a model instance, prune its prefill, generate as usual."""
 from .cache_state import key_positions
 from .families import SUPPORTED_MODELS
-from .patch import apply_sdtp, remove_sdtp, save_sdtp, sdtp_config, sdtp_disabled, sdtp_predictors
+from .patch import apply_sdtp, remove_sdtp, save_sdtp, sdtp_config, sdtp_disabled, sdtp_predictors, set_scorer
+from .scorers import SCORERS, Scorer, make_scorer
 
 __all__ = [
+    "SCORERS",
     "SUPPORTED_MODELS",
+    "Scorer",
     "apply_sdtp",
     "key_positions",
     "remove_sdtp",
@@ -12,4 +15,6 @@ __all__ = [
     "sdtp_config",
     "sdtp_disabled",
     "sdtp_predictors",
+    "set_scorer",
+    "make_scorer",
 ]

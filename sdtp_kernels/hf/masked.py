@@ -5,8 +5,9 @@ that are kept compute exactly what the physically pruned forward computes for th
 Two pieces, usable apart:
 - `keep_policy` composes "which keys each query may attend" from the keep decisions and causality;
 - `MaskedPruning` installs that mask on a transformers model, layer by layer, around any forward or `generate()`,
-  asking a `decide` function at each stage layer which tokens stay. `sdtp_decide` is SDTP's rule (predictor
-  scores, protected tokens, select_tokens); training passes its own (Gumbel-softmax decisions).
+  asking a `decide` function at each stage layer which tokens stay. `select_decide` is SDTP's rule (scores,
+  protected tokens, select_tokens); training passes its own (Gumbel-softmax decisions), and the tests check the
+  physically pruned forward against this simulation with the reference ops (docs/ARCHITECTURE.md §4.4).
 """
 from __future__ import annotations
 
@@ -17,17 +18,17 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from sdtp_kernels.config import SDTPConfig
-from sdtp_kernels.hf.families import family_of
-from sdtp_kernels.hf.masks import format_mask
-from sdtp_kernels.hf.model_call import ModelCall
-from sdtp_kernels.hf.patch import sdtp_disabled
-
-from .saliency_score import saliency_score
-from .select_tokens import select_tokens
+from .. import ops
+from ..config import SDTPConfig
+from .families import family_of
+from .masks import format_mask
+from .model_call import ModelCall
+from .patch import sdtp_disabled
 
 # decide(stage, hidden [B, N, D], alive [B, N], valid [B, N] bool) -> the tokens alive after this stage [B, N]
 Decide = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# score(stage, hidden [B, N, D]) -> [B, N] float scores, higher = keep
+StageScore = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 def keep_policy(key_keep: torch.Tensor, num_queries: int) -> torch.Tensor:
@@ -49,16 +50,15 @@ def hard_mask(policy: torch.Tensor, attn_implementation: str, dtype: torch.dtype
     return format_mask(policy.bool() if policy.dtype == torch.bool else policy > 0.5, attn_implementation, dtype)
 
 
-def sdtp_decide(config: SDTPConfig, predictors: nn.ModuleList) -> Decide:
-    """SDTP's rule with the reference ops: at stage s keep config.kept_count(L, s) of each row's L real tokens, the
-    protected ones and the best scored of the others."""
+def select_decide(config: SDTPConfig, score: StageScore, select: Callable = ops.select_tokens) -> Decide:
+    """SDTP's rule: at stage s keep config.kept_count(L, s) of each row's L real tokens, the protected ones and the
+    best of the others by `score`. `select` has the contract of `ops.select_tokens` (the tests pass the reference)."""
 
     def decide(stage, hidden, alive, valid):
         lengths = valid.sum(1).tolist()
         keep = torch.tensor([config.kept_count(n, stage) for n in lengths])
         local = torch.tensor([config.local_count(n) for n in lengths])
-        scores = saliency_score(hidden, *predictors[stage - 1].score_params())
-        index, _ = select_tokens(scores, keep, alive, config.num_sink, local)
+        index, _ = select(score(stage, hidden), keep, alive, config.num_sink, local)
         # Empty slots (-1) write into an extra column that is dropped.
         kept = torch.zeros(alive.shape[0], alive.shape[1] + 1, dtype=torch.bool, device=alive.device)
         kept.scatter_(1, torch.where(index >= 0, index, alive.shape[1]), True)
@@ -136,19 +136,3 @@ class MaskedPruning:
             return args, kwargs
 
         return pre_hook
-
-
-@torch.no_grad()
-def masked_forward(model, config, predictors, input_ids, attention_mask=None, **kwargs):
-    """One forward of the prompt under the masked simulation of SDTP. Returns (model output, alive per stage)."""
-    with MaskedPruning(model, config, sdtp_decide(config, predictors)) as sim:
-        output = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    return output, sim.alive
-
-
-@torch.no_grad()
-def masked_generate(model, config, predictors, input_ids, attention_mask=None, **kwargs):
-    """`model.generate` under the masked simulation of SDTP. Returns (generate's output, alive per stage)."""
-    with MaskedPruning(model, config, sdtp_decide(config, predictors)) as sim:
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    return output, sim.alive

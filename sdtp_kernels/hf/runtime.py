@@ -1,6 +1,7 @@
 """The pruned forward. `SDTPRuntime` belongs to one patched model; each call of its base model gets a `_Forward`
-that the wrapped decoder layers share: at a stage layer of a prefill it scores, selects and compacts the hidden
-states, and it hands every pruned layer the positions and attention mask of the tokens that layer holds."""
+that the wrapped decoder layers share: at a stage layer of a prefill it scores (through the runtime's scorer),
+selects and compacts the hidden states, and it hands every pruned layer the positions and attention mask of the
+tokens that layer holds (docs/ARCHITECTURE.md §4)."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -15,6 +16,7 @@ from .cache_state import PrunedCacheState, attach, state_of
 from .families import gather_rows
 from .masks import format_mask, slot_mask
 from .model_call import ModelCall
+from .scorers import Scorer
 
 
 class _Plan:
@@ -103,7 +105,7 @@ class _Forward:
         with torch.profiler.record_function("sdtp.prune"):
             current = None if previous is None else state.key_slots[previous]
             valid = self.padding_mask if current is None else current >= 0
-            scores = predictor.score(hidden)
+            scores = self.runtime.scorer.score(stage, hidden, predictor)
             rows = plan.row_counts(scores.device)
             index, _ = ops.select_tokens(
                 scores,
@@ -142,7 +144,7 @@ class _Forward:
 class SDTPRuntime:
     """The SDTP state of one patched model: its schedule, a switch, and the forward in flight."""
 
-    def __init__(self, model: nn.Module, family: Any, config: SDTPConfig, stage_layers: list[int]):
+    def __init__(self, model: nn.Module, family: Any, config: SDTPConfig, stage_layers: list[int], scorer: Scorer):
         self.family = family
         self.config = config
         self.stage_layers = stage_layers
@@ -150,6 +152,10 @@ class SDTPRuntime:
         self.model_config = model.config
         self.enabled = True
         self.forward: Optional[_Forward] = None
+        self._model = model
+        self._layers = list(family.decoder_layers(model))  # unwrapped: taken before apply_sdtp wraps them
+        self.scorer = scorer
+        scorer.bind(model, self._layers, stage_layers)
         base = family.base_model(model)
         self._call = ModelCall(base)
         self._hooks = [
@@ -157,9 +163,17 @@ class SDTPRuntime:
             base.register_forward_hook(self._end, always_call=True),
         ]
 
+    def set_scorer(self, scorer: Scorer) -> Scorer:
+        """Rank tokens with `scorer` from now on; returns the scorer it replaces (unbound)."""
+        scorer.bind(self._model, self._layers, self.stage_layers)
+        previous, self.scorer = self.scorer, scorer
+        previous.unbind()
+        return previous
+
     def close(self) -> None:
         for hook in self._hooks:
             hook.remove()
+        self.scorer.unbind()
         self.forward = None
 
     def layer_inputs(self, stage: int, predictor: Optional[SaliencyPredictor], hidden: torch.Tensor, kwargs: dict):

@@ -21,8 +21,8 @@ uniformly, so the answer may sit anywhere in the context, and pruning that does 
 the probability of dropping any token.
 
 Pairs avoid the first ``head_margin`` tokens and the last ``ceil(tail_margin * seq_len)`` tokens of the prompt
-(by default the attention-sink tokens and the local window that SDTP always keeps: DESIGN §4 ``num_sink=4``,
-``local_ratio=0.1``), so the answer is never protected by position alone.
+(by default the attention-sink tokens and the local window that SDTP always keeps, docs/ARCHITECTURE.md §4:
+``num_sink=4``, ``local_ratio=0.1``), so the answer is never protected by position alone.
 
 Everything is deterministic in ``(seed, index)``: example ``i`` of a task is the same on every machine and run, and
 the train / held-out splits are simply tasks with different seeds. The module depends on the standard library only.
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--start", type=int, default=0)
-    p.add_argument("--task-json", help="take the generator settings from a task.json (e.g. models/reference/task.json)")
+    p.add_argument("--task-json", help="take the generator settings from a task.json (e.g. sdtp_kernels/models/reference/task.json)")
     for f in dataclasses.fields(RetrievalTaskConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
     a = p.parse_args(argv)

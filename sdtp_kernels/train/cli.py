@@ -36,7 +36,7 @@ def _common(parser: argparse.ArgumentParser, schedule: tuple[str, ...]) -> None:
     parser.add_argument("--data", required=True, help="JSON / JSONL records: input_ids [+ labels | answer], text, "
                         "or prompt + response")
     parser.add_argument("--out", required=True, help="output directory")
-    group = parser.add_argument_group("SDTP schedule (DESIGN §4)")
+    group = parser.add_argument_group("SDTP schedule (docs/ARCHITECTURE.md §4)")
     for name in schedule:
         default = _CONFIG_DEFAULTS[name]
         kind = float if isinstance(default, float) else int

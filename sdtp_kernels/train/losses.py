@@ -1,4 +1,4 @@
-"""The losses of predictor training (DESIGN §5.2) and the LM objective that marking differentiates.
+"""The losses of predictor training (docs/ARCHITECTURE.md §5.2) and the LM objective that marking differentiates.
 
 Per-row means keep each row's loss independent of what it is batched with: the saliency of a row's tokens is the
 gradient of that row's loss alone.

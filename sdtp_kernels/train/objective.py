@@ -1,5 +1,5 @@
-"""The training loss of one batch (DESIGN §5.2): the frozen model runs the masked simulation of SDTP with sampled
-keep decisions, and the predictors are scored against the marked saliency and the schedule."""
+"""The training loss of one batch (docs/ARCHITECTURE.md §5.2): the frozen model runs the masked simulation of SDTP
+with sampled keep decisions, and the predictors are scored against the marked saliency and the schedule."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,9 +7,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from python_ref.masked_forward import MaskedPruning
-
 from ..config import SDTPConfig
+from ..hf.masked import MaskedPruning
 from ..predictor import SaliencyPredictor
 from .attention import policy_attention_mask
 from .data import Batch

@@ -1,5 +1,5 @@
-"""Marking (DESIGN §5.1): gradient-times-input saliency of every token at the input x of each stage layer, from the
-frozen model on the full (unpruned) sequence.
+"""Marking (docs/ARCHITECTURE.md §5.1): gradient-times-input saliency of every token at the input x of each stage
+layer, from the frozen model on the full (unpruned) sequence.
 
 With T the LM loss of a row's labelled tokens, the raw saliency of token t is sum_d(dT/dx[t, d] * x[t, d]): the
 first-order change of T when x[t] is scaled by (1 + eps), per unit eps. Removing the token changes T by about minus

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from python_ref.select_tokens import protected_mask
-
 from ..config import SDTPConfig
 
 
@@ -12,9 +10,11 @@ def protected_tokens(config: SDTPConfig, prompt_mask: torch.Tensor, real: torch.
     """[B, N] bool: the tokens every stage keeps. Those of the prompt that inference protects (the first num_sink and
     the last ceil(local_ratio * L) of its L tokens), and every real token outside the prompt (an answer: at
     inference it is generated, never pruned)."""
-    lengths = prompt_mask.sum(1).tolist()
-    local = torch.tensor([config.local_count(n) for n in lengths], device=prompt_mask.device)
-    return protected_mask(prompt_mask, config.num_sink, local) | (real.bool() & ~prompt_mask)
+    lengths = prompt_mask.sum(1, keepdim=True)
+    local = torch.tensor([[config.local_count(n)] for n in lengths.squeeze(1).tolist()], device=prompt_mask.device)
+    rank = prompt_mask.long().cumsum(1) - 1  # each token's place among its row's prompt tokens
+    protected = prompt_mask & ((rank < config.num_sink) | (rank >= lengths - local))
+    return protected | (real.bool() & ~prompt_mask)
 
 
 def keep_fractions(config: SDTPConfig, prompt_mask: torch.Tensor, num_stages: int) -> torch.Tensor:

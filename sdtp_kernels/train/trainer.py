@@ -1,12 +1,14 @@
-"""Predictor training (DESIGN §5.2): the LLM frozen, only the SDTP predictors learn. One process, or several under
-`torchrun` (DistributedDataParallel over the predictors; NCCL on GPUs, gloo on CPU). Only rank 0 writes.
+"""Predictor training (docs/ARCHITECTURE.md §5): the LLM frozen, only the SDTP predictors learn. One process, or
+several under `torchrun` (DistributedDataParallel over the predictors; NCCL on GPUs, gloo on CPU). Only rank 0
+writes.
 
 Writes to `out`: `checkpoint.pt` every `save_every` steps and at the end (what `resume` continues from exactly),
 `train_log.jsonl` (every step's loss terms, `kept`, the fraction of the prompts alive after the last stage, and
-`kept_target`, the schedule's, averaged over processes), `train_options.json`, and the trained predictors through
-`save_sdtp` (`sdtp_config.json`, `sdtp_predictors.safetensors`: `apply_sdtp(model, out)` loads them). When the
-masks of the last steps kept far more than the schedule, a warning says so: the task loss is outweighing the
-keep-ratio term, so the task loss never saw the schedule's pruning (raise the ratio weight).
+`kept_target`, the schedule's, averaged over processes), `train_options.json`, `train_summary.json` (the log's
+first and last step and the mean of the last 50), and the trained predictors through `save_sdtp`
+(`sdtp_config.json`, `sdtp_predictors.safetensors`: `apply_sdtp(model, out)` loads them). When the masks of the
+last steps kept far more than the schedule, a warning says so: the task loss is outweighing the keep-ratio term, so
+the task loss never saw the schedule's pruning (raise the ratio weight).
 
 All randomness of a step (Gumbel noise, sampled ranking pairs) comes from a generator seeded by (seed, step, rank),
 and the data order is a function of (seed, step) (`BatchOrder`): a checkpoint's step is its data position and its
@@ -14,9 +16,9 @@ random state, so that 2 steps + resume + 2 steps gives bitwise the weights of 4 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import math
 import os
 import warnings
 from typing import Optional
@@ -29,17 +31,19 @@ from tqdm.auto import tqdm
 
 from ..hf.families import family_of
 from ..hf.patch import apply_sdtp, save_sdtp, sdtp_disabled, sdtp_predictors
+from ..predictor_file import TRAIN_OPTIONS_FILE
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .data import Batch, BatchOrder, collate, read_examples
 from .losses import labelled_positions
+from .lr import warmup_cosine
 from .model import load_frozen_model
 from .objective import PredictorObjective
 from .options import SaliencyOptions, TrainOptions
 from .saliency import token_saliency
 from .shards import SaliencyShards, batch_saliency
+from .summary import write_summary
 
 LOG_FILE = "train_log.jsonl"
-OPTIONS_FILE = "train_options.json"
 KEPT_GAP_STEPS = 50  # the last steps whose kept-minus-target gap the end-of-training warning averages
 KEPT_GAP_WARNING = 0.1
 
@@ -81,18 +85,6 @@ class _Processes:
 def _generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     digest = hashlib.sha256(f"sdtp-train:{seed}:{step}:{rank}".encode()).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little"))
-
-
-def _lr_factor(options: TrainOptions):
-    def factor(step: int) -> float:
-        if step < options.warmup_steps:
-            return (step + 1) / options.warmup_steps
-        if options.lr_schedule == "constant":
-            return 1.0
-        progress = (step - options.warmup_steps) / max(1, options.max_steps - options.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 @torch.no_grad()
@@ -165,7 +157,8 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
     objective = PredictorObjective(model, options.sdtp, predictors, options.loss)
     step_fn = DistributedDataParallel(objective) if processes.distributed else objective
     optimizer = torch.optim.AdamW(predictors.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(options))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
+        step, options.warmup_steps, options.max_steps, constant=options.lr_schedule == "constant"))
 
     identity = {
         "sdtp_config": options.sdtp.to_dict(),
@@ -183,7 +176,7 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
         step = state["step"]
     if processes.main:
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, OPTIONS_FILE), "w") as f:
+        with open(os.path.join(out, TRAIN_OPTIONS_FILE), "w") as f:
             f.write(options.to_json())
         _trim_log(out, step)
 
@@ -228,6 +221,7 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
     progress.close()
     if processes.main:
         save_sdtp(model, out)
+        write_summary(out, LOG_FILE, {"sdtp": options.sdtp.to_dict(), "loss": dataclasses.asdict(options.loss)})
         gap = sum(recent_gap) / len(recent_gap) if recent_gap else 0.0
         if gap > KEPT_GAP_WARNING:
             warnings.warn(f"over the last {len(recent_gap)} steps the training masks kept {gap:.2f} more of the prompt "

@@ -1,24 +1,20 @@
-"""bench/saliency_ceiling.py on the committed reference model, with tiny counts: the JSON it documents."""
-import importlib.util
+"""The saliency-ceiling experiment (`python -m sdtp_kernels.eval.ceiling`) on the installed reference model, with
+tiny counts: the JSON it documents."""
 import json
-import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import pytest
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("saliency_ceiling", ROOT / "bench" / "saliency_ceiling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from sdtp_kernels.eval.ceiling import main
+from sdtp_kernels.models import reference_model
 
 
+@pytest.mark.slow
 def test_saliency_ceiling_writes_its_json(tmp_path):
     out = tmp_path / "ceiling.json"
-    reference = ROOT / "models" / "reference"
-    assert _script().main(["--model", str(reference), "--task", str(reference / "task.json"),
-                           "--predictors", str(reference / "sdtp"), "--count", "6", "--fit-count", "8",
-                           "--steps", "2", "--batch-size", "4", "--out", str(out)]) == 0
+    reference = reference_model()
+    assert main(["--model", str(reference), "--task", str(reference / "task.json"),
+                 "--predictors", str(reference / "sdtp"), "--count", "6", "--fit-count", "8",
+                 "--steps", "2", "--batch-size", "4", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
     assert set(results["spearman"]) == {"fitted", "position", "key_swap"}
     for name, per_stage in results["spearman_per_stage"].items():

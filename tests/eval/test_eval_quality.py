@@ -10,14 +10,17 @@ import torch
 from hf_tiny import PRUNING, VOCAB, prompts, tiny_model
 
 from python_ref.select_tokens import protected_mask
-from sdtp_kernels import evaluate as E
-from sdtp_kernels.hf import apply_sdtp, key_positions, remove_sdtp, save_sdtp
+from sdtp_kernels.eval.cli import add_commands
+from sdtp_kernels.eval.marking import mark_prompts
+from sdtp_kernels.eval.prompts import file_prompts
+from sdtp_kernels.eval.statistics import spearman
+from sdtp_kernels.hf import apply_sdtp, key_positions, remove_sdtp, save_sdtp, set_scorer
 from sdtp_kernels.hf.model_call import output_cache
 
 
-def _kept_sets(model, ids, mask, scorer_context):
-    with scorer_context:
-        out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+def _kept_sets(model, ids, mask, scorer, **options):
+    set_scorer(model, scorer, **options)
+    out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
     return key_positions(output_cache(out))
 
 
@@ -35,7 +38,7 @@ def test_cli_writes_the_documented_json_and_plot(tmp_path):
             f.write(json.dumps({"input_ids": ids, "answer": [ids[10]], "answer_position": 10}) + "\n")
 
     parser = argparse.ArgumentParser()
-    E.add_commands(parser.add_subparsers())
+    add_commands(parser.add_subparsers())
     out, png = tmp_path / "results" / "quality.json", tmp_path / "quality.png"
     args = parser.parse_args([
         "eval", "--model", str(tmp_path / "model"), "--predictors", str(tmp_path / "predictors"),
@@ -67,8 +70,8 @@ def test_cli_writes_the_documented_json_and_plot(tmp_path):
 def test_random_baseline_keeps_the_same_counts_and_protected_tokens():
     model = apply_sdtp(tiny_model("llama", "eager"), PRUNING)
     ids, mask = prompts(batch=2)
-    sdtp = _kept_sets(model, ids, mask, E.scoring(model, None))
-    rand = _kept_sets(model, ids, mask, E.scoring(model, E.random_scorer(0)))
+    sdtp = _kept_sets(model, ids, mask, "predictor")
+    rand = _kept_sets(model, ids, mask, "random", seed=0)
     lengths = mask.sum(1).tolist()
     protected = protected_mask(mask.bool(), PRUNING.num_sink, torch.tensor([PRUNING.local_count(n) for n in lengths]))
     assert len(sdtp) == len(rand) == 3
@@ -94,8 +97,7 @@ def test_attention_baseline_keeps_the_most_attended_tokens():
     # The layer before the stage layer, the last token's row, averaged over heads.
     scores = attentions[config.start_layer - 1][:, :, -1, :].mean(1)
     apply_sdtp(model, config)
-    with E.attention_scorer(model, config.stage_layers(8)) as scorer:
-        (kept,) = _kept_sets(model, ids, mask, E.scoring(model, scorer))
+    (kept,) = _kept_sets(model, ids, mask, "attention")
     lengths = mask.sum(1).tolist()
     protected = protected_mask(mask.bool(), config.num_sink, torch.tensor([config.local_count(n) for n in lengths]))
     for row, length in enumerate(lengths):
@@ -110,18 +112,17 @@ def test_attention_baseline_keeps_the_most_attended_tokens():
 def test_attention_baseline_needs_eager_attention():
     model = apply_sdtp(tiny_model("llama", "sdpa"), PRUNING)
     with pytest.raises(ValueError, match="eager"):
-        with E.attention_scorer(model, [2]):
-            pass
+        set_scorer(model, "attention")
     remove_sdtp(model)
 
 
 def test_spearman():
     x = torch.tensor([0.1, 0.5, 0.3, 0.9])
-    assert E.spearman(x, x.exp()) == pytest.approx(1.0)
-    assert E.spearman(x, -x) == pytest.approx(-1.0)
+    assert spearman(x, x.exp()) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
     # Ties take their average rank: ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4).
-    assert E.spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.arange(4.0)) == pytest.approx(math.sqrt(0.9))
-    assert math.isnan(E.spearman(torch.ones(3), torch.arange(3.0)))
+    assert spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.arange(4.0)) == pytest.approx(math.sqrt(0.9))
+    assert math.isnan(spearman(torch.ones(3), torch.arange(3.0)))
 
 
 def test_marking_labels_the_prompts_own_labelled_tokens_as_training_does(tmp_path):
@@ -138,11 +139,11 @@ def test_marking_labels_the_prompts_own_labelled_tokens_as_training_does(tmp_pat
     record = {"input_ids": ids, "labels": labels, "answer": [ids[5]]}
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps(record) + "\n")
-    [prompt] = E.file_prompts(str(path))
+    [prompt] = file_prompts(str(path))
     options = SaliencyOptions(absolute=True)
 
-    [marked] = E.mark_prompts(model, PRUNING, [prompt], options)
-    [unlabelled] = E.mark_prompts(model, PRUNING, [dataclasses.replace(prompt, labels=None)], options)
+    [marked] = mark_prompts(model, PRUNING, [prompt], options)
+    [unlabelled] = mark_prompts(model, PRUNING, [dataclasses.replace(prompt, labels=None)], options)
     apply_sdtp(model, PRUNING)
     try:
         trained = token_saliency(model, PRUNING, collate(list(read_examples(str(path), str(tmp_path), VOCAB)), [0]),
@@ -158,12 +159,12 @@ def test_file_prompts_checks_labels(tmp_path, labels):
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps({"input_ids": [1, 2, 3], "answer": 4, "labels": labels}) + "\n")
     with pytest.raises(ValueError, match="line 1: `labels` must be a list of token ids .* one entry per `input_ids`"):
-        E.file_prompts(str(path))
+        file_prompts(str(path))
 
 
 def test_untrained_seeds_must_be_positive():
     parser = argparse.ArgumentParser()
-    E.add_commands(parser.add_subparsers())
+    add_commands(parser.add_subparsers())
     with pytest.raises(SystemExit):
         parser.parse_args(["eval", "--model", "m", "--predictors", "p", "--task", "t", "--out", "o",
                            "--untrained-seeds", "0"])

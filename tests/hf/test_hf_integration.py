@@ -1,4 +1,4 @@
-"""The transformers integration against the unpatched model and the masked simulation in python_ref, on tiny
+"""The transformers integration against the unpatched model and the masked simulation with python_ref's ops, on tiny
 seeded models of every supported family (fp32, 8 layers, three pruning stages)."""
 import dataclasses
 import json
@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 from hf_tiny import LAYERS, MODELS, PAD, PROMPT, PRUNING, VARIANTS, prompts, tiny_model
+from masked_reference import masked_forward, masked_generate
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from python_ref import masked_forward, masked_generate
 from sdtp_kernels.hf import apply_sdtp, key_positions, remove_sdtp, save_sdtp, sdtp_disabled, sdtp_predictors
 from sdtp_kernels.hf.model_call import output_cache
 

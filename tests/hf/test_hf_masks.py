@@ -1,8 +1,9 @@
-"""The attention masks of pruned layers (sdtp_kernels.hf.masks) and of the masked simulation (python_ref)."""
+"""The attention masks of pruned layers (sdtp_kernels.hf.masks) and of the masked simulation
+(sdtp_kernels.hf.masked)."""
 import pytest
 import torch
 
-from python_ref import keep_policy
+from sdtp_kernels.hf.masked import keep_policy
 from sdtp_kernels.hf.masks import format_mask, slot_mask
 
 

@@ -70,6 +70,7 @@ def test_device_mix_is_rejected(call):
     assert "device" in str(info.value)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_cpu_mix_is_rejected():
     with pytest.raises(RuntimeError, match="'index'"):

@@ -1,5 +1,5 @@
-"""saliency_score meets DESIGN §3.1: against an fp64 reference its error is within 2x the error of the same
-computation done unfused in PyTorch in the input dtype."""
+"""saliency_score meets docs/ARCHITECTURE.md §3.1: against an fp64 reference its error is within 2x the error of
+the same computation done unfused in PyTorch in the input dtype."""
 import pytest
 import torch
 from hypothesis import given, settings

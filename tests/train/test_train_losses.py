@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from python_ref.masked_forward import keep_policy
+from sdtp_kernels.hf.masked import keep_policy
 from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.train.attention import POLICY_EPS, policy_attention_mask
 from sdtp_kernels.train.gumbel import hard_gumbel_keep, next_alive

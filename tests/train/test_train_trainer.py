@@ -116,6 +116,7 @@ def _ddp_worker(rank: int, port: int, workdir, out) -> None:
     torch.save(sdtp_predictors(model).state_dict(), os.path.join(out, f"rank{rank}.pt"))
 
 
+@pytest.mark.slow
 def test_two_process_ddp_agrees(workdir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

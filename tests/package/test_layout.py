@@ -1,0 +1,128 @@
+"""The package's layout (docs/ARCHITECTURE.md §2): python_ref imports nothing of ours, imports only point downwards
+through the layers, the module graph has no cycle, no module grows past 400 lines, and configuration, tasks and
+file formats import without the compiled extension (which fails with one clear error on first op use)."""
+import ast
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "sdtp_kernels"
+
+# Lower layers never import higher ones: ops -> config/predictor -> hf -> train -> eval -> demo/reference -> cli.
+LAYERS = {
+    "version": 0, "ops": 0, "tasks": 0,
+    "": 1, "config": 1, "predictor": 1, "predictor_file": 1, "measure": 1, "models": 1,
+    "hf": 2,
+    "train": 3,
+    "eval": 4,
+    "demo": 5, "reference": 5,
+    "cli": 6,
+}
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: pathlib.Path, top_level_only: bool = False) -> set[str]:
+    """The sdtp_kernels / python_ref modules a file imports (relative imports resolved)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            # `from . import x` imports submodule x; `from .m import x` imports m (and x, if x is a submodule).
+            found |= ({module} if node.module else set()) | {f"{module}.{alias.name}" for alias in node.names}
+    return {m for m in found if m.split(".")[0] in ("sdtp_kernels", "python_ref")}
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS[parts[1] if len(parts) > 1 else ""]
+
+
+def _package_files():
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_python_ref_imports_nothing_of_ours():
+    for path in sorted((ROOT / "python_ref").glob("*.py")):
+        assert not {m for m in _imports(path) if m.startswith("sdtp_kernels")}, path
+    code = "import sys, python_ref; assert not [m for m in sys.modules if m.startswith('sdtp_kernels')]"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_package_does_not_import_python_ref():
+    for path in _package_files():
+        assert not {m for m in _imports(path) if m.startswith("python_ref")}, path
+
+
+def test_imports_point_downwards():
+    upward = []
+    for path in _package_files():
+        own = _layer(_module_name(path))
+        for module in _imports(path):
+            if module.startswith("sdtp_kernels") and module.split(".")[1:2] != ["_C"] and _layer(module) > own:
+                upward.append(f"{_module_name(path)} (layer {own}) imports {module} (layer {_layer(module)})")
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycle():
+    modules = {_module_name(p): p for p in _package_files()}
+    graph = {name: {m for m in _imports(path, top_level_only=True) if m in modules and m != name}
+             for name, path in modules.items()}
+    state: dict[str, int] = {}
+
+    def visit(node, trail):
+        state[node] = 1
+        for nxt in graph[node]:
+            assert state.get(nxt) != 1, "import cycle: " + " -> ".join(trail + [node, nxt])
+            if nxt not in state:
+                visit(nxt, trail + [node])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [])
+
+
+def test_no_module_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in _package_files() if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
+
+
+def test_config_tasks_and_formats_import_without_the_build(tmp_path):
+    shutil.copytree(PACKAGE, tmp_path / "sdtp_kernels", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    # -S: no site initialisation, so the editable install's import hook cannot hand out the built extension.
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(tmp_path)!r}, {sysconfig.get_paths()["purelib"]!r}, {sysconfig.get_paths()["platlib"]!r}]
+        import sdtp_kernels, sdtp_kernels.config, sdtp_kernels.tasks.retrieval, sdtp_kernels.predictor_file
+        from sdtp_kernels.cli import build_parser
+        assert sdtp_kernels.__file__.startswith({str(tmp_path)!r}), sdtp_kernels.__file__
+        assert "sdtp_kernels._C" not in sys.modules
+        build_parser()
+        sdtp_kernels.SDTPConfig(keep_ratio=0.5).stage_layers(12)
+        import torch
+        try:
+            sdtp_kernels.select_tokens(torch.zeros(1, 4), 2)
+        except RuntimeError as error:
+            assert "not built" in str(error) and "scripts/setup.sh" in str(error), error
+        else:
+            raise AssertionError("an op ran without the extension")
+    """)
+    subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, check=True)
