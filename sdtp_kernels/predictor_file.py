@@ -1,5 +1,5 @@
 """The saved-predictor format, read and written here only: `save_sdtp`, `apply_sdtp`, `sdtp train`, `sdtp eval` and
-the reference model all go through this module (docs/ARCHITECTURE.md §5).
+the reference model all go through this module (docs/ARCHITECTURE.md §5.3).
 
 A predictor directory holds
 - `sdtp_config.json`: {"config": the SDTPConfig fields, "hidden_size", "stage_layers", "model_type"};

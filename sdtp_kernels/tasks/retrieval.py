@@ -259,6 +259,7 @@ def write_jsonl(path: str | os.PathLike, examples: Iterable[RetrievalExample], c
     When ``config`` is given, ``<path>.task.json`` describing the generator is written next to it.
     """
     n = 0
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         for ex in examples:
             f.write(json.dumps(ex.to_record(), separators=(",", ":")) + "\n")
