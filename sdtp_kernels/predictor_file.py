@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .config import SDTPConfig
+from .files import save_safetensors
 
 CONFIG_FILE = "sdtp_config.json"
 WEIGHTS_FILE = "sdtp_predictors.safetensors"
@@ -119,8 +120,6 @@ def write_predictors(
 ) -> None:
     """Write the config and the weights of `predictors` (stage 1 first) that `read_predictors` reads back. Refuses
     non-finite weights: a file that loads but scores NaN would prune at random without a word."""
-    from safetensors.torch import save_file
-
     directory = os.fspath(directory)
     tensors = {
         f"stage{s}.{name}": value.detach().cpu().contiguous()
@@ -133,4 +132,4 @@ def write_predictors(
              "model_type": model_type}
     with open(os.path.join(directory, CONFIG_FILE), "w") as f:
         json.dump(saved, f, indent=2)
-    save_file(tensors, os.path.join(directory, WEIGHTS_FILE))
+    save_safetensors(tensors, os.path.join(directory, WEIGHTS_FILE))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 from typing import Optional
 
@@ -19,11 +20,11 @@ _TRAIN_SCHEDULE = _MARK_SCHEDULE + ("keep_ratio", "predictor_hidden")
 _SCHEDULE_HELP = {
     "start_layer": "0-based decoder layer before which stage 1 prunes",
     "layer_step": "decoder layers between stages",
-    "num_stages": "stages (default: as many as fit)",
+    "num_stages": "stages (None: as many as fit)",
     "num_sink": "first prompt tokens always kept",
     "local_ratio": "the last ceil(local_ratio * L) prompt tokens are always kept",
     "keep_ratio": "stage s keeps ceil(keep_ratio**s * L) of a prompt's L tokens",
-    "predictor_hidden": "predictor MLP width (default: hidden_size // 4)",
+    "predictor_hidden": "predictor MLP width (None: hidden_size // 4)",
 }
 
 
@@ -40,13 +41,15 @@ def _common(parser: argparse.ArgumentParser, schedule: tuple[str, ...]) -> None:
     for name in schedule:
         default = _CONFIG_DEFAULTS[name]
         kind = float if isinstance(default, float) else int
-        help_text = _SCHEDULE_HELP[name] + ("" if default is None else f" (default: {default})")
-        group.add_argument(_flag(name), type=kind, default=default, help=help_text)
+        group.add_argument(_flag(name), type=kind, default=default, help=_SCHEDULE_HELP[name])
     parser.add_argument("--batch-size", type=int, default=_TRAIN_DEFAULTS["batch_size"],
                         help="records per batch (per process when training)")
     parser.add_argument("--max-length", type=int, default=None, help="keep each record's last N tokens")
     parser.add_argument("--dtype", choices=DTYPES, default=_TRAIN_DEFAULTS["dtype"], help="of the frozen model")
-    parser.add_argument("--device", default=None, help="default: the (local-rank) GPU if there is one, else cpu")
+    parser.add_argument("--device", default=None, help="None: the (local-rank) GPU if there is one, else cpu")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="read and check the whole data file against the model's config (no weights loaded), "
+                        "print what would be used and skipped, and stop")
 
 
 def _saliency_flags(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +57,7 @@ def _saliency_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--absolute", action="store_true", default=None,
                         help="saliency |sum_d(dT/dx * x)| instead of the signed -sum_d(dT/dx * x)")
     parser.add_argument("--normalization", choices=NORMALIZATIONS, default=None,
-                        help="per row and stage (default: zscore)")
+                        help="per row and stage (None: zscore, or the marking's own)")
 
 
 def _config(args: argparse.Namespace) -> SDTPConfig:
@@ -69,8 +72,21 @@ def _saliency(args: argparse.Namespace) -> Optional[SaliencyOptions]:
     return SaliencyOptions(**{name: value for name, value in given.items() if value is not None})
 
 
+def _dry_run(args: argparse.Namespace, batch_size: Optional[int]) -> int:
+    from .data_check import check_data
+
+    report = check_data(args.model, args.data, _config(args), args.max_length, batch_size)
+    print(json.dumps(report, indent=2))
+    if "error" in report:
+        raise ValueError(f"{args.data}: {report['error']}")
+    return 0
+
+
 def _run_mark(args: argparse.Namespace) -> int:
     from .mark import mark
+
+    if args.dry_run:
+        return _dry_run(args, None)
 
     index = mark(
         args.model, args.data, args.out, _config(args), _saliency(args) or SaliencyOptions(), args.batch_size,
@@ -82,6 +98,9 @@ def _run_mark(args: argparse.Namespace) -> int:
 
 def _run_train(args: argparse.Namespace) -> int:
     from .trainer import train
+
+    if args.dry_run:
+        return _dry_run(args, args.batch_size * int(os.environ.get("WORLD_SIZE", "1")))
 
     loss = LossOptions(**{name: getattr(args, name) for name in _LOSS_DEFAULTS})
     options = TrainOptions(
@@ -103,39 +122,47 @@ def add_commands(subparsers) -> None:
     mark = subparsers.add_parser(
         "mark", help="gradient x input saliency of data records at the stage layers (safetensors shards)",
         description="Run the frozen model on every record and write the saliency of each token at the input of "
-        "each stage layer to safetensors shards in --out (index: marking.json).",
+        "each stage layer to safetensors shards in --out (index: marking.json). Records whose prompt has no token "
+        "outside the protected ones are skipped (listed in marking.json).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _common(mark, _MARK_SCHEDULE)
     _saliency_flags(mark)
-    mark.add_argument("--records-per-shard", type=int, default=1024)
+    mark.add_argument("--records-per-shard", type=int, default=1024, help="records per safetensors shard")
     mark.set_defaults(run=_run_mark)
 
     train = subparsers.add_parser(
         "train", help="train the SDTP predictors of a frozen model",
         description="Train the predictors with Gumbel-softmax masks, the model frozen; write them with save_sdtp to "
-        "--out. Several processes: torchrun --nproc-per-node N -m sdtp_kernels.cli train ...",
+        "--out. Records whose prompt has no token outside the protected ones are skipped (listed in "
+        "train_summary.json); a non-finite loss stops the run before it changes anything. Several processes: "
+        "torchrun --nproc-per-node N -m sdtp_kernels.cli train ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _common(train, _TRAIN_SCHEDULE)
-    train.add_argument("--saliency", default=None, help="a marking of --data by `sdtp mark` (default: mark each "
+    train.add_argument("--saliency", default=None, help="a marking of --data by `sdtp mark` (None: mark each "
                        "batch on the fly)")
     _saliency_flags(train)
     losses = train.add_argument_group("loss")
-    losses.add_argument("--task", choices=TASK_LOSSES, default=_LOSS_DEFAULTS["task"],
+    losses.add_argument("--task-loss", dest="task", choices=TASK_LOSSES, default=_LOSS_DEFAULTS["task"],
                         help="lm: LM loss of the pruned forward; kl: KL to the unpruned model")
     for name in ("task_weight", "mse_weight", "rank_weight", "ratio_weight"):
-        losses.add_argument(_flag(name), type=float, default=_LOSS_DEFAULTS[name], help="default: 1.0")
+        losses.add_argument(_flag(name), type=float, default=_LOSS_DEFAULTS[name],
+                            help=f"weight of the {name.split('_')[0]} term")
     losses.add_argument("--tau", type=float, default=_LOSS_DEFAULTS["tau"], help="Gumbel-softmax temperature")
     losses.add_argument("--rank-pairs", type=int, default=_LOSS_DEFAULTS["rank_pairs"],
                         help="ranking pairs per row and stage: all of them up to this many, sampled beyond")
     run = train.add_argument_group("optimisation")
-    run.add_argument("--max-steps", type=int, default=_TRAIN_DEFAULTS["max_steps"])
-    run.add_argument("--lr", type=float, default=_TRAIN_DEFAULTS["lr"], help=f"peak (default: {_TRAIN_DEFAULTS['lr']})")
-    run.add_argument("--weight-decay", type=float, default=_TRAIN_DEFAULTS["weight_decay"])
-    run.add_argument("--max-grad-norm", type=float, default=_TRAIN_DEFAULTS["max_grad_norm"], help="0: no clipping")
-    run.add_argument("--warmup-steps", type=int, default=_TRAIN_DEFAULTS["warmup_steps"])
-    run.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=_TRAIN_DEFAULTS["lr_schedule"])
+    run.add_argument("--max-steps", type=int, default=_TRAIN_DEFAULTS["max_steps"], help="optimisation steps")
+    run.add_argument("--lr", type=float, default=_TRAIN_DEFAULTS["lr"], help="peak learning rate")
+    run.add_argument("--weight-decay", type=float, default=_TRAIN_DEFAULTS["weight_decay"], help="AdamW weight decay")
+    run.add_argument("--max-grad-norm", type=float, default=_TRAIN_DEFAULTS["max_grad_norm"],
+                     help="gradient norm clip (0: no clipping)")
+    run.add_argument("--warmup-steps", type=int, default=_TRAIN_DEFAULTS["warmup_steps"], help="linear warm-up")
+    run.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=_TRAIN_DEFAULTS["lr_schedule"],
+                     help="after the warm-up: cosine decay to 0 at --max-steps, or constant")
     run.add_argument("--save-every", type=int, default=_TRAIN_DEFAULTS["save_every"],
                      help="checkpoint every N steps (0: at the end only)")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    run.add_argument("--seed", type=int, default=_TRAIN_DEFAULTS["seed"])
+    run.add_argument("--seed", type=int, default=_TRAIN_DEFAULTS["seed"], help="initialisation, data order, noise")
     train.set_defaults(run=_run_train)

@@ -33,6 +33,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]  # label of each token (IGNORE_INDEX = no loss); token i is predicted from the tokens before it
     prompt_length: int  # the first prompt_length tokens are the prunable prompt
+    source: str = ""  # where the record came from ("data.jsonl line 3"), for messages
 
 
 @dataclasses.dataclass
@@ -144,7 +145,8 @@ def _string(where: str, record: dict, name: str) -> str:
 def _truncate(example: Example, max_length: Optional[int]) -> Example:
     # Keep the end: that is where answers and the prompt's question sit.
     cut = 0 if max_length is None else max(0, len(example.input_ids) - max_length)
-    return Example(example.input_ids[cut:], example.labels[cut:], max(0, example.prompt_length - cut))
+    return dataclasses.replace(example, input_ids=example.input_ids[cut:], labels=example.labels[cut:],
+                               prompt_length=max(0, example.prompt_length - cut))
 
 
 def read_examples(path: str, model_dir: str, vocab_size: int, max_length: Optional[int] = None) -> Iterator[Example]:
@@ -153,7 +155,8 @@ def read_examples(path: str, model_dir: str, vocab_size: int, max_length: Option
         raise FileNotFoundError(f"data file {path} does not exist")
     tokenize = _Tokenizer(model_dir)
     for where, record in _records(path):
-        example = _truncate(_example(where, record, tokenize, vocab_size), max_length)
+        example = _truncate(dataclasses.replace(_example(where, record, tokenize, vocab_size), source=where),
+                            max_length)
         if example.prompt_length == 0:
             raise ValueError(f"{where}: no prompt token left to prune (answer only, or cut away by max_length)")
         if all(label == IGNORE_INDEX for label in example.labels[1:]):

@@ -1,6 +1,7 @@
 """`sdtp mark`: saliency of every record of a data file, streamed to safetensors shards (see `shards`)."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
 
 import torch
@@ -12,6 +13,7 @@ from .data import batches, read_examples
 from .model import load_frozen_model
 from .options import SaliencyOptions
 from .saliency import token_saliency
+from .schedule import describe_skipped, split_prunable
 from .shards import ShardWriter
 
 
@@ -38,10 +40,16 @@ def mark(
         "data": data,
         "max_length": max_length,
     }
-    writer = ShardWriter(out, metadata, records_per_shard)
-    examples = read_examples(data, model_dir, model.get_input_embeddings().num_embeddings, max_length)
-    with tqdm(desc="sdtp mark", unit="record") as progress:
-        for batch in batches(examples, batch_size):
+    examples, skipped = split_prunable(config, read_examples(
+        data, model_dir, model.get_input_embeddings().num_embeddings, max_length))
+    if not examples:
+        raise ValueError(f"{data} holds no record to mark" + (f": skipped {describe_skipped(skipped)}" if skipped
+                                                                else ""))
+    if skipped:
+        tqdm.write(f"sdtp mark: skipped {describe_skipped(skipped)}", file=sys.stderr)
+    writer = ShardWriter(out, {**metadata, "skipped_records": [e.source for e in skipped]}, records_per_shard)
+    with tqdm(total=len(examples), desc="sdtp mark", unit="record") as progress:
+        for batch in batches(iter(examples), batch_size):
             saliency = token_saliency(model, config, batch.to(device), options).cpu()
             for row in range(len(batch.records)):
                 real = batch.attention_mask[row].bool()

@@ -30,12 +30,16 @@ def _normalize(saliency: torch.Tensor, ranked: torch.Tensor, normalization: str)
     if normalization == "none":
         return saliency
     count = ranked.sum(1, keepdim=True).clamp_min(1)
-    tiny = torch.finfo(saliency.dtype).tiny
+
+    def scaled(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        # A row whose ranked tokens are all equal (or absent) has no scale: leave it unscaled, never divide by ~0.
+        return values / torch.where(scale > 0, scale, torch.ones_like(scale))
+
     if normalization == "maxabs":
-        return saliency / (saliency.abs() * ranked).amax(-1, keepdim=True).clamp_min(tiny)
+        return scaled(saliency, (saliency.abs() * ranked).amax(-1, keepdim=True))
     mean = (saliency * ranked).sum(-1, keepdim=True) / count
     std = (((saliency - mean) * ranked).pow(2).sum(-1, keepdim=True) / count).sqrt()
-    return (saliency - mean) / std.clamp_min(tiny)
+    return scaled(saliency - mean, std)
 
 
 def token_saliency(

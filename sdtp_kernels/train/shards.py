@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from ..files import save_safetensors
 from .data import Batch
 
 INDEX_FILE = "marking.json"
@@ -54,7 +54,7 @@ class ShardWriter:
             "saliency": torch.cat([s for _, s in self._pending], dim=1).contiguous(),
             "offsets": torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
         }
-        save_file(tensors, os.path.join(self.directory, name), metadata={"saliency": json.dumps(self.metadata)})
+        save_safetensors(tensors, os.path.join(self.directory, name), metadata={"saliency": json.dumps(self.metadata)})
         self.shards.append({"file": name, "first_record": self._records, "records": len(self._pending)})
         self._records += len(self._pending)
         self._pending = []

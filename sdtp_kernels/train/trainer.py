@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import warnings
 from typing import Optional
 
@@ -40,6 +41,7 @@ from .model import load_frozen_model
 from .objective import PredictorObjective
 from .options import SaliencyOptions, TrainOptions
 from .saliency import token_saliency
+from .schedule import describe_skipped, split_prunable
 from .shards import SaliencyShards, batch_saliency
 from .summary import write_summary
 
@@ -69,6 +71,10 @@ class _Processes:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def all_finite(self, value: torch.Tensor) -> bool:
+        """Whether `value` is finite in every process (each must stop when one does, or the others would wait)."""
+        return bool(self.mean(torch.isfinite(value.detach()).float().reshape(1)).item() == 1.0)
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         if self.distributed:
@@ -125,6 +131,13 @@ def _trim_log(out: str, step: int) -> None:
         f.writelines(kept)
 
 
+def _stop_on_nonfinite(step: int, terms: dict[str, torch.Tensor], sources: list[str], out: str) -> None:
+    values = ", ".join(f"{name} {float(value.detach()):.4g}" for name, value in terms.items())
+    where = "the last checkpoint in it is untouched" if os.path.exists(checkpoint_path(out)) else "nothing was saved"
+    raise ValueError(f"step {step}: the training loss is not finite ({values}); records of this batch: "
+                     f"{', '.join(sources)}. Training stopped before this step changed anything in {out} ({where})")
+
+
 def train(options: TrainOptions) -> nn.Module:
     """Train the predictors of `options.model` and return the model with them applied."""
     processes = _Processes(options.device)
@@ -145,8 +158,10 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
     predictors = sdtp_predictors(model).float().requires_grad_(True).train()
     num_stages = len(predictors)
 
-    examples = list(read_examples(options.data, options.model, model.get_input_embeddings().num_embeddings,
-                                  options.max_length))
+    examples, skipped = split_prunable(options.sdtp, read_examples(
+        options.data, options.model, model.get_input_embeddings().num_embeddings, options.max_length))
+    if skipped and processes.main:
+        tqdm.write(f"sdtp train: skipped {describe_skipped(skipped)}", file=sys.stderr)
     marking = None
     if options.saliency_dir is not None:
         marking = SaliencyShards(options.saliency_dir)
@@ -182,46 +197,52 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
 
     progress = tqdm(total=options.max_steps, initial=step, desc="sdtp train", disable=not processes.main)
     recent_gap: list[float] = []
-    while step < options.max_steps:
-        records = order.records(step)
-        batch = collate([examples[r] for r in records], records).to(device)
-        if marking is not None:
-            saliency = batch_saliency(marking, batch)
-        else:
-            saliency = token_saliency(model, options.sdtp, batch, options.saliency or SaliencyOptions())
-        teacher = _unpruned_logits(model, batch) if options.loss.task == "kl" else None
-        terms = step_fn(batch, saliency, teacher, _generator(options.seed, step, processes.rank, device))
+    try:
+        while step < options.max_steps:
+            records = order.records(step)
+            batch = collate([examples[r] for r in records], records).to(device)
+            if marking is not None:
+                saliency = batch_saliency(marking, batch)
+            else:
+                saliency = token_saliency(model, options.sdtp, batch, options.saliency or SaliencyOptions())
+            teacher = _unpruned_logits(model, batch) if options.loss.task == "kl" else None
+            terms = step_fn(batch, saliency, teacher, _generator(options.seed, step, processes.rank, device))
+            if not processes.all_finite(terms["loss"]):
+                _stop_on_nonfinite(step + 1, terms, [examples[r].source for r in records], out)
 
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        if options.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(predictors.parameters(), options.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        step += 1
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            if options.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(predictors.parameters(), options.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
 
-        names = list(terms)
-        values = processes.mean(torch.stack([terms[name].detach().float() for name in names])).tolist()
-        metrics = dict(zip(names, values))
-        progress.update(1)
-        progress.set_postfix(loss=f"{metrics['loss']:.4f}", kept=f"{metrics['kept']:.3f}/{metrics['kept_target']:.3f}")
-        recent_gap = (recent_gap + [metrics["kept"] - metrics["kept_target"]])[-KEPT_GAP_STEPS:]
-        if processes.main:
-            with open(os.path.join(out, LOG_FILE), "a") as f:
-                f.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **metrics}) + "\n")
-            if step == options.max_steps or (options.save_every and step % options.save_every == 0):
-                save_checkpoint(out, {
-                    "identity": identity,
-                    "step": step,
-                    "data_position": order.position(step),
-                    "predictors": predictors.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                })
-    progress.close()
+            names = list(terms)
+            values = processes.mean(torch.stack([terms[name].detach().float() for name in names])).tolist()
+            metrics = dict(zip(names, values))
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics['loss']:.4f}",
+                                 kept=f"{metrics['kept']:.3f}/{metrics['kept_target']:.3f}")
+            recent_gap = (recent_gap + [metrics["kept"] - metrics["kept_target"]])[-KEPT_GAP_STEPS:]
+            if processes.main:
+                with open(os.path.join(out, LOG_FILE), "a") as f:
+                    f.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **metrics}) + "\n")
+                if step == options.max_steps or (options.save_every and step % options.save_every == 0):
+                    save_checkpoint(out, {
+                        "identity": identity,
+                        "step": step,
+                        "data_position": order.position(step),
+                        "predictors": predictors.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                    })
+    finally:
+        progress.close()
     if processes.main:
         save_sdtp(model, out)
-        write_summary(out, LOG_FILE, {"sdtp": options.sdtp.to_dict(), "loss": dataclasses.asdict(options.loss)})
+        write_summary(out, LOG_FILE, {"sdtp": options.sdtp.to_dict(), "loss": dataclasses.asdict(options.loss),
+                                      "records": len(examples), "skipped_records": [e.source for e in skipped]})
         gap = sum(recent_gap) / len(recent_gap) if recent_gap else 0.0
         if gap > KEPT_GAP_WARNING:
             warnings.warn(f"over the last {len(recent_gap)} steps the training masks kept {gap:.2f} more of the prompt "

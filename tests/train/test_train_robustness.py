@@ -1,0 +1,97 @@
+"""Training and marking never write what they cannot stand behind: records with nothing to prune are skipped and
+listed, a non-finite loss stops the run before it changes anything, an empty marking is an error, --dry-run checks a
+data file in seconds, and a wrong --model path is one line naming it."""
+import json
+import os
+
+import pytest
+import torch
+from hf_tiny import VOCAB, tiny_model
+from safetensors.torch import load_file
+
+import sdtp_kernels.train.objective as objective
+from sdtp_kernels.cli import main
+
+COMMON = ["--start-layer", "2", "--layer-step", "2", "--num-sink", "2"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A saved tiny Llama and 16 records, of which line 5 is 3 tokens long (every token protected)."""
+    root = tmp_path_factory.mktemp("robust")
+    tiny_model("llama", "eager").save_pretrained(root / "model")
+    g = torch.Generator().manual_seed(0)
+    with open(root / "data.jsonl", "w") as f:
+        for line in range(1, 17):
+            length = 3 if line == 5 else int(torch.randint(20, 40, (1,), generator=g))
+            prompt = torch.randint(1, VOCAB, (length,), generator=g).tolist()
+            f.write(json.dumps({"input_ids": prompt, "answer": [prompt[1]]}) + "\n")
+    return root
+
+
+def _args(workdir, *extra):
+    return ["--model", str(workdir / "model"), "--data", str(workdir / "data.jsonl"), *COMMON, *extra]
+
+
+def test_a_record_with_nothing_to_prune_is_skipped_and_listed(workdir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["train", *_args(workdir, "--out", str(out), "--max-steps", "3", "--batch-size", "4")]) == 0
+    assert "skipped 1 record(s) whose prompt has no token outside the protected ones" in capsys.readouterr().err
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["records"] == 15 and summary["skipped_records"] == [f"{workdir / 'data.jsonl'} line 5"]
+    assert all(torch.isfinite(t).all() for t in load_file(out / "sdtp_predictors.safetensors").values())
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (out / "sdtp_predictors.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask  # not safetensors' 0600
+
+
+def test_a_non_finite_loss_stops_before_anything_is_written(workdir, tmp_path, monkeypatch, capsys):
+    forward = objective.PredictorObjective.forward
+
+    def poisoned(self, *args, **kwargs):
+        terms = forward(self, *args, **kwargs)
+        return {**terms, "loss": terms["loss"] * float("nan")}
+
+    monkeypatch.setattr(objective.PredictorObjective, "forward", poisoned)
+    out = tmp_path / "out"
+    assert main(["train", *_args(workdir, "--out", str(out), "--max-steps", "3", "--batch-size", "4")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "step 1: the training loss is not finite (loss nan" in error
+    assert "data.jsonl line" in error and "nothing was saved" in error
+    assert not (out / "sdtp_predictors.safetensors").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_marking_no_record_is_an_error(workdir, tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_text("")
+    args = ["--model", str(workdir / "model"), "--data", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "m")]
+    assert main(["mark", *args]) == 2
+    assert "holds no record to mark" in capsys.readouterr().err
+    assert not (tmp_path / "m" / "marking.json").exists()
+
+
+def test_marking_skips_and_lists_the_same_records(workdir, tmp_path):
+    assert main(["mark", *_args(workdir, "--out", str(tmp_path / "m"))]) == 0
+    index = json.loads((tmp_path / "m" / "marking.json").read_text())
+    assert index["records"] == 15 and index["skipped_records"] == [f"{workdir / 'data.jsonl'} line 5"]
+
+
+def test_dry_run_reports_the_data_without_training(workdir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["train", *_args(workdir, "--out", str(out), "--batch-size", "4", "--dry-run")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["records"] == 16 and report["usable_records"] == 15 and report["batches_per_epoch"] == 3
+    assert report["skipped_records"] == [f"{workdir / 'data.jsonl'} line 5"] and report["stage_layers"] == [2, 4, 6]
+    assert 20 <= report["prompt_tokens_per_record"]["min"] and not out.exists()
+    assert main(["train", *_args(workdir, "--out", str(out), "--batch-size", "32", "--dry-run")]) == 2
+    assert "fewer usable records (15) than one batch (32)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["mark", "train", "eval"])
+@pytest.mark.parametrize("kind", ["missing", "hub-id", "config-file"])
+def test_a_wrong_model_path_is_one_line_naming_it(workdir, tmp_path, capsys, command, kind):
+    model = {"missing": "./no/such/model", "hub-id": "llama-7b", "config-file": str(workdir / "model" / "config.json")}
+    args = ["--model", model[kind], "--out", str(tmp_path / "o")]
+    args += ["--predictors", str(tmp_path), "--task", "t.json"] if command == "eval" else ["--data", "d.jsonl"]
+    assert main([command, *args]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"--model {model[kind]}" in error, error
