@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ..config import SDTPConfig
 from ..hf import apply_sdtp, remove_sdtp, sdtp_predictors
+from ..hf.model_dir import load_causal_lm
 from ..predictor_file import read_predictors
 from ..tasks.retrieval import RetrievalTaskConfig
 from ..train.losses import masked_mse, ranking_loss
@@ -121,14 +122,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM
-
     config, options = SDTPConfig(), SaliencyOptions(absolute=args.absolute)
     if args.predictors:
         saved = read_predictors(args.predictors)
         config, trained = saved.config, saved.saliency_options()
         options = SaliencyOptions(**trained) if trained else options
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval().requires_grad_(False)
+    model = load_causal_lm(args.model).eval().requires_grad_(False)
     task, _ = read_task(args.task)
     prompts = task_prompts(args.task, args.count)
     fit = mark_prompts(model, config, task_prompts(args.task, args.fit_count, start=args.count), options,

@@ -9,22 +9,13 @@ import sys
 
 import torch
 
+from ..arguments import positive_int
 from ..predictor_file import read_predictors
 from ..train.options import SaliencyOptions
 from .marking import evaluate_spearman
 from .prompts import file_prompts, task_prompts
 from .quality import DEFAULT_KEEP_RATIOS, METHODS, evaluate_pruning
 from .report import format_table, plot, results_json
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _ratios(text: str) -> list[float]:
@@ -38,9 +29,10 @@ def _ratios(text: str) -> list[float]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from transformers import AutoModelForCausalLM
-
     from ..hf.families import family_of
+    from ..hf.model_dir import load_causal_lm, local_model_dir
+
+    local_model_dir(args.model)  # a wrong path fails here, before anything is read
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,8 +49,7 @@ def _eval(args: argparse.Namespace) -> int:
     config, state = saved.config, saved.state
     trained_saliency = saved.saliency_options()
     saliency_options = SaliencyOptions(**trained_saliency) if trained_saliency else None
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype),
-                                                 attn_implementation="eager")
+    model = load_causal_lm(args.model, getattr(torch, args.dtype), attn_implementation="eager")
     model = model.to(device).eval().requires_grad_(False)
     stage_layers = config.stage_layers(len(family_of(model).decoder_layers(model)))
     print(f"sdtp eval: {len(prompts)} prompts, stages before layers {stage_layers}, keep ratios {args.keep_ratios}",
@@ -113,6 +104,7 @@ def add_commands(subparsers) -> None:
         description="Answer accuracy and last-token agreement of held-out prompts unpruned, with SDTP's trained "
         "predictors, with random scores and with last-token attention scores (same kept counts and protected "
         "tokens), and the Spearman correlation of predictor scores with marked saliency.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="local model directory (transformers save_pretrained)")
     parser.add_argument("--predictors", required=True, help="directory written by save_sdtp / `sdtp train`")
@@ -121,19 +113,20 @@ def add_commands(subparsers) -> None:
     source.add_argument("--task", help="a retrieval task.json (e.g. sdtp_kernels/models/reference/task.json): its "
                         "held-out prompts")
     parser.add_argument("--out", required=True, help="results JSON (e.g. bench/results/quality.json)")
-    parser.add_argument("--plot", default=None, help="bar chart PNG")
-    parser.add_argument("--keep-ratios", type=_ratios, default=list(DEFAULT_KEEP_RATIOS),
-                        help="comma-separated (default: 0.9,0.7)")
-    parser.add_argument("--count", type=int, default=500, help="prompts (default: 500; --data: all if 0)")
+    parser.add_argument("--plot", default=None, help="bar chart PNG (None: no plot)")
+    parser.add_argument("--keep-ratios", type=_ratios, default=",".join(map(str, DEFAULT_KEEP_RATIOS)),
+                        help="comma-separated keep ratios")
+    parser.add_argument("--count", type=int, default=500, help="prompts (--data: 0 = all)")
     parser.add_argument("--start", type=int, default=0, help="first held-out prompt index")
     parser.add_argument("--spearman-count", type=int, default=200,
-                        help="prompts for the saliency correlation (0: skip; default 200)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+                        help="prompts for the saliency correlation (0: skip)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="prompts per forward")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="of the model")
+    parser.add_argument("--device", default=None, help="None: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="random baseline and first untrained predictors' seed")
-    parser.add_argument("--untrained-seeds", type=_positive, default=8,
-                        help="freshly initialised predictor sets averaged for the untrained Spearman (default 8)")
+    parser.add_argument("--untrained-seeds", type=positive_int, default=8,
+                        help="freshly initialised predictor sets averaged for the untrained Spearman")
     parser.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     parser.set_defaults(run=_eval)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -25,15 +25,24 @@ class ModelCall:
             (p.name for p in self._signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None
         )
 
-    def inputs(self, args: tuple, kwargs: dict) -> tuple[Optional[torch.Tensor], Any]:
-        """(attention_mask as a [batch, tokens] bool tensor or None, cache or None)."""
+    def arguments(self, args: tuple, kwargs: dict) -> Callable[[str], Any]:
+        """A lookup of the call's arguments by name, wherever they were passed (None when absent)."""
         bound = self._signature.bind_partial(*args, **kwargs).arguments
         extra = bound.get(self._catch_all, {})
 
         def argument(name: str) -> Any:
             return bound[name] if bound.get(name) is not None else extra.get(name)
 
-        cache = argument("cache") if argument("cache") is not None else argument("past_key_values")
+        return argument
+
+    @staticmethod
+    def cache(argument: Callable[[str], Any]) -> Any:
+        return argument("cache") if argument("cache") is not None else argument("past_key_values")
+
+    def inputs(self, args: tuple, kwargs: dict) -> tuple[Optional[torch.Tensor], Any]:
+        """(attention_mask as a [batch, tokens] bool tensor or None, cache or None)."""
+        argument = self.arguments(args, kwargs)
+        cache = self.cache(argument)
         if cache is not None and not _is_dynamic(cache):
             # Fixed-size caches give every layer the same length; a pruned layer's is shorter.
             raise NotImplementedError(f"SDTP needs a DynamicCache (the default), got a {type(cache).__name__}")

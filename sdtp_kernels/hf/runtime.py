@@ -158,7 +158,9 @@ class SDTPRuntime:
         scorer.bind(model, self._layers, stage_layers)
         base = family.base_model(model)
         self._call = ModelCall(base)
+        self._top_call = ModelCall(model)
         self._hooks = [
+            model.register_forward_pre_hook(self._refuse_labels, with_kwargs=True),
             base.register_forward_pre_hook(self._begin, with_kwargs=True),
             base.register_forward_hook(self._end, always_call=True),
         ]
@@ -180,6 +182,19 @@ class SDTPRuntime:
         if self.forward is None:  # a layer called on its own, outside the model's forward
             return hidden, kwargs
         return self.forward.layer_inputs(stage, predictor, hidden, kwargs)
+
+    def _refuse_labels(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """A pruned prefill has logits only for the tokens that reach the last layer: no loss over every position."""
+        argument = self._top_call.arguments(args, kwargs)
+        if not self.enabled or argument("labels") is None:
+            return
+        cache = ModelCall.cache(argument)
+        if cache is None or cache.get_seq_length() == 0:
+            raise ValueError(
+                "SDTP prunes the prefill, so its logits cover only the tokens that reach the last layer and labels= "
+                "(a loss over every position) cannot be computed from them; compute the loss inside "
+                "`with sdtp_disabled(model):`, or from the returned logits of the kept tokens"
+            )
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         padding_mask, cache = self._call.inputs(args, kwargs)

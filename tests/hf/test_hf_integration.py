@@ -193,3 +193,33 @@ def test_unsupported_models_and_settings_raise_clear_errors():
         greedy(model, ids, None, cache_implementation="static")
     with pytest.raises(ValueError, match="has no SDTP"):
         remove_sdtp(tiny_model("llama"))
+
+
+def test_labels_under_pruning_raise_a_clear_error_and_work_unpruned():
+    model = apply_sdtp(tiny_model("llama"), PRUNING)
+    ids, mask = prompts()
+    with pytest.raises(ValueError, match="labels= .* cannot be computed .* sdtp_disabled"), torch.no_grad():
+        model(ids, attention_mask=mask, labels=ids)
+    with sdtp_disabled(model), torch.no_grad():
+        assert torch.isfinite(model(ids, attention_mask=mask, labels=ids).loss)
+
+
+def test_predictor_files_with_nan_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = apply_sdtp(tiny_model("llama"), PRUNING)
+    save_sdtp(model, tmp_path)
+    tensors = load_file(tmp_path / "sdtp_predictors.safetensors")
+    tensors["stage2.fc1.weight"][0, 0] = float("nan")
+    save_file(tensors, tmp_path / "sdtp_predictors.safetensors")
+    with pytest.raises(ValueError, match=r"\['stage2.fc1.weight'\] hold NaN or infinite values"):
+        apply_sdtp(tiny_model("llama"), tmp_path)
+    with torch.no_grad():
+        sdtp_predictors(model)[0].fc2.bias.fill_(float("inf"))
+    with pytest.raises(ValueError, match="hold NaN or infinite values"):
+        save_sdtp(model, tmp_path / "again")
+
+
+def test_unknown_scorer_names_the_known_ones():
+    with pytest.raises(ValueError, match="unknown scorer 'best'; known scorers: predictor, random, attention"):
+        apply_sdtp(tiny_model("llama"), PRUNING, scorer="best")
