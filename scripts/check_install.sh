@@ -28,6 +28,6 @@ assert importlib.util.find_spec("python_ref") is None, "python_ref must not be i
 print("installed at", sdtp_kernels.__file__, "; reference model at", sdtp_kernels.models.reference_model())
 PY
 echo "== sdtp demo from $PWD"
-"$work/venv/bin/sdtp" demo --batch 4 --new-tokens 4 --repeats 1 --plot "$work/run/demo.png"
-test -s "$work/run/demo.png"
+"$work/venv/bin/sdtp" demo --batch 4 --new-tokens 4 --repeats 1
+test -s "$work/run/sdtp-demo/demo.png"
 echo "install check OK"

@@ -1,5 +1,6 @@
 """`sdtp demo`: a batch of long prompts through one model with and without SDTP, side by side — tokens kept per
-stage, prefill and end-to-end latency, analytic FLOPs, peak memory, answers — as a table and a PNG plot.
+stage, prefill and end-to-end latency (median and spread of repeated timings), analytic FLOPs, peak memory,
+answers — as a table, and as a JSON file and a PNG plot in an output folder.
 
 By default it runs the reference model that installs with the package (a small Llama trained on a synthetic
 key-value retrieval task, `sdtp_kernels.models.reference_model()`) with its trained predictors (its sdtp/);
@@ -10,11 +11,38 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
+import sys
+import warnings
 from pathlib import Path
 
 import torch
 
+from .arguments import positive_int
 from .measure import CLOCKS, flops, measure
+
+
+def _say(message: str) -> None:
+    print(f"sdtp demo: {message}", file=sys.stderr, flush=True)
+
+
+def _trained_length(model_dir: Path) -> int | None:
+    """The prompt length the model's task trained it on, where its task.json says."""
+    task_file = model_dir / "task.json"
+    if not task_file.exists():
+        return None
+    return json.loads(task_file.read_text()).get("task", {}).get("seq_len")
+
+
+def check_context(model_dir: Path, context: int, max_positions: int | None) -> None:
+    """Refuse a prompt longer than the model's positions; warn past the length its task trained it on."""
+    if max_positions is not None and context > max_positions:
+        raise ValueError(f"--context {context} exceeds the {max_positions} positions of {model_dir} "
+                         "(max_position_embeddings)")
+    trained = _trained_length(model_dir)
+    if trained is not None and context > trained:
+        warnings.warn(f"--context {context}: {model_dir} was trained on {trained}-token prompts of its task; at "
+                      f"{context} tokens its answers (dense and SDTP alike) say nothing about pruning", stacklevel=2)
 
 
 def _prompts(model_dir: Path, batch: int, context: int | None, vocab_size: int, seed: int):
@@ -30,20 +58,20 @@ def _prompts(model_dir: Path, batch: int, context: int | None, vocab_size: int, 
 
 
 def _load(model_dir: Path, predictors: Path | None, device: str):
-    from transformers import AutoModelForCausalLM
-
     from .hf import apply_sdtp
+    from .hf.model_dir import load_causal_lm, local_model_dir
+    from .predictor_file import read_predictors
 
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"no model directory at {model_dir} (pass --model DIR)")
+    local_model_dir(model_dir)
     predictors = predictors or model_dir / "sdtp"
     if not predictors.is_dir():
         raise FileNotFoundError(f"no trained predictors at {predictors} (pass --predictors DIR, written by "
-                         "`sdtp train` or save_sdtp)")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+                                "`sdtp train` or save_sdtp)")
+    saved = read_predictors(predictors)
+    model = load_causal_lm(model_dir).to(device).eval()
     model.generation_config.eos_token_id = None  # generate exactly the requested number of tokens
     model.generation_config.pad_token_id = 0
-    return apply_sdtp(model, str(predictors))
+    return apply_sdtp(model, saved.directory)
 
 
 def _kept_per_stage(model, ids: torch.Tensor) -> list[float]:
@@ -55,12 +83,23 @@ def _kept_per_stage(model, ids: torch.Tensor) -> list[float]:
     return [float(ids.shape[1]) if k is None else (k >= 0).sum(1).float().mean().item() for k in key_positions(cache)]
 
 
+def _timings(fn, device: str, clock, repeats: int) -> dict:
+    """Median, min and max over `repeats` calls of fn, and the peak memory of the first."""
+    runs = [measure(fn, device, clock) for _ in range(repeats)]
+    seconds = [s for s, _ in runs]
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
+            "all_s": seconds, "peak_mem": runs[0][1]}
+
+
 def run_demo(model_dir: Path, predictors: Path | None, device: str, batch: int, context: int | None,
              new_tokens: int, repeats: int, seed: int = 0) -> dict:
     from .hf import sdtp_config, sdtp_disabled
     from .measure import layer_tokens
 
+    _say(f"loading {model_dir}")
     model = _load(model_dir, predictors, device)
+    if context is not None:
+        check_context(model_dir, context, getattr(model.config, "max_position_embeddings", None))
     ids, answers = _prompts(model_dir, batch, context, model.config.vocab_size, seed)
     ids = ids.to(device)
     clock = CLOCKS["wall"]
@@ -75,20 +114,24 @@ def run_demo(model_dir: Path, predictors: Path | None, device: str, batch: int, 
     tokens = layer_tokens(config, layers, ids.shape[1])
     width, stages = config.predictor_width(model.config.hidden_size), config.stage_layers(layers)
     result = {"model": str(model_dir), "device": device, "batch": batch, "context": ids.shape[1],
-              "new_tokens": new_tokens, "sdtp": config.to_dict(), "layer_tokens": tokens}
+              "new_tokens": new_tokens, "repeats": repeats, "sdtp": config.to_dict(), "layer_tokens": tokens}
     with torch.no_grad():
-        prefill()  # warm-up
+        _say("warm-up")
+        prefill()
         for name, pruning in (("dense", False), ("sdtp", True)):
             with contextlib.nullcontext() if pruning else sdtp_disabled(model):
-                times = [measure(prefill, device, clock) for _ in range(repeats)]
-                e2e_s, mem = measure(generate, device, clock)
+                _say(f"{name}: {repeats} prefills of {batch} x {ids.shape[1]} tokens, then {repeats} x prefill + "
+                     f"{new_tokens} tokens")
+                prefill_t = _timings(prefill, device, clock, repeats)
+                e2e_t = _timings(generate, device, clock, repeats)
                 out = generate()
-            prefill_s, prefill_mem = min(times)
             per_row = flops(model.config, tokens if pruning else [ids.shape[1]] * layers, new_tokens,
                             (width, stages) if pruning else (0, []))
             result[name] = {
-                "prefill_s": prefill_s, "e2e_s": e2e_s, "peak_mem_prefill": prefill_mem, "peak_mem_e2e": mem,
-                "flops_prefill": batch * per_row[0], "flops_e2e": batch * per_row[1], 
+                "prefill_s": prefill_t["median_s"], "prefill_timings": prefill_t,
+                "e2e_s": e2e_t["median_s"], "e2e_timings": e2e_t,
+                "peak_mem_prefill": prefill_t["peak_mem"], "peak_mem_e2e": e2e_t["peak_mem"],
+                "flops_prefill": batch * per_row[0], "flops_e2e": batch * per_row[1],
                 "kept_per_stage": _kept_per_stage(model, ids) if pruning else [float(ids.shape[1])] * len(stages),
                 "correct": None if answers is None else (out[:, 0].cpu() == answers).float().mean().item(),
             }
@@ -101,16 +144,24 @@ def _table(r: dict) -> str:
 
     def row(label, dense, sdtp, fmt, ratio=True):
         extra = f"{dense / sdtp:6.2f}x" if ratio and sdtp else ""
-        return f"| {label:<28} | {fmt(dense):>12} | {fmt(sdtp):>12} | {extra:>7} |"
+        return f"| {label:<28} | {fmt(dense):>21} | {fmt(sdtp):>21} | {extra:>7} |"
+
+    def timed(label, key):  # median (min-max) of the repeated timings; the gain of the medians
+        def fmt(t):
+            return f"{t['median_s']:.4f} ({t['min_s']:.3f}-{t['max_s']:.3f})"
+
+        gain = d[key]["median_s"] / s[key]["median_s"]
+        return f"| {label:<28} | {fmt(d[key]):>21} | {fmt(s[key]):>21} | {gain:6.2f}x |"
 
     kept = " / ".join(f"{k:.0f}" for k in s["kept_per_stage"])
     lines = [
         f"model {r['model']}  device {r['device']}  batch {r['batch']} x {r['context']} tokens, "
-        f"{r['new_tokens']} new tokens; tokens kept per stage (mean per row): {kept}",
-        f"| {'':<28} | {'dense':>12} | {'SDTP':>12} | {'gain':>7} |",
-        f"|{'-' * 30}|{'-' * 14}|{'-' * 14}|{'-' * 9}|",
-        row("prefill latency (s)", d["prefill_s"], s["prefill_s"], lambda v: f"{v:.4f}"),
-        row(f"prefill + {r['new_tokens']} tokens (s)", d["e2e_s"], s["e2e_s"], lambda v: f"{v:.4f}"),
+        f"{r['new_tokens']} new tokens; tokens kept per stage (mean per row): {kept}; timings: median (min-max) of "
+        f"{r['repeats']}",
+        f"| {'':<28} | {'dense':>21} | {'SDTP':>21} | {'gain':>7} |",
+        f"|{'-' * 30}|{'-' * 23}|{'-' * 23}|{'-' * 9}|",
+        timed("prefill latency (s)", "prefill_timings"),
+        timed(f"prefill + {r['new_tokens']} tokens (s)", "e2e_timings"),
         row("prefill FLOPs (G)", d["flops_prefill"], s["flops_prefill"], lambda v: f"{v / 1e9:.2f}"),
         row("end-to-end FLOPs (G)", d["flops_e2e"], s["flops_e2e"], lambda v: f"{v / 1e9:.2f}"),
         row("peak memory, prefill (MiB)", d["peak_mem_prefill"], s["peak_mem_prefill"], lambda v: f"{v / mib:.1f}"),
@@ -120,7 +171,7 @@ def _table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _plot(r: dict, path: str) -> None:
+def _plot(r: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,42 +188,48 @@ def _plot(r: dict, path: str) -> None:
     x = range(len(metrics))
     right.bar([i - 0.2 for i in x], [1.0] * len(metrics), 0.4, label="dense")
     right.bar([i + 0.2 for i in x], [r["sdtp"][k] / r["dense"][k] for _, k in metrics], 0.4, label="SDTP")
+    for i, key in ((0, "prefill_timings"), (1, "e2e_timings")):  # the spread of the repeated timings
+        d, s = r["dense"][key], r["sdtp"][key]
+        low, high = (s["median_s"] - s["min_s"]) / d["median_s"], (s["max_s"] - s["median_s"]) / d["median_s"]
+        right.errorbar(i + 0.2, s["median_s"] / d["median_s"], yerr=[[low], [high]], fmt="none", ecolor="k", capsize=3)
     right.set_xticks(list(x), [m for m, _ in metrics])
-    right.set(ylabel="relative to dense", title="cost (lower is better)")
+    right.set(ylabel="relative to dense (median)", title="cost (lower is better)")
     right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from .models import reference_model
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model_dir = Path(args.model) if args.model else reference_model()
     result = run_demo(model_dir, Path(args.predictors) if args.predictors else None, args.device,
                       args.batch, args.context, args.new_tokens, args.repeats)
     print(_table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    _plot(result, args.plot)
-    print(f"plot: {args.plot}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
+    _plot(result, out / "demo.png")
+    print(f"wrote {out / 'demo.json'} and {out / 'demo.png'}")
     return 0
 
 
 def add_commands(commands) -> None:
-    demo = commands.add_parser("demo", help="dense vs SDTP on a batch of long prompts: table and plot",
-                               description=__doc__)
+    demo = commands.add_parser("demo", help="dense vs SDTP on a batch of long prompts: table, JSON and plot",
+                               description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("--model", help="local model directory (default: the reference model installed with the "
                       "package)")
     demo.add_argument("--predictors", help="directory written by save_sdtp (default: MODEL/sdtp)")
-    demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    demo.add_argument("--batch", type=int, default=32,
+    demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    demo.add_argument("--batch", type=positive_int, default=32,
                       help="prompts per batch (large enough that compute, not per-call overhead, dominates)")
-    demo.add_argument("--context", type=int, help="prompt length (default: the task's, or 4096 for random prompts)")
-    demo.add_argument("--new-tokens", type=int, default=16)
-    demo.add_argument("--repeats", type=int, default=3, help="prefill timings; the best is reported")
-    demo.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    demo.add_argument("--plot", default="sdtp_demo.png", help="PNG written here")
-    demo.add_argument("--json", help="also write the figures as JSON here")
+    demo.add_argument("--context", type=positive_int,
+                      help="prompt length (default: the task's, or 4096 for random prompts)")
+    demo.add_argument("--new-tokens", type=positive_int, default=16, help="tokens generated after the prefill")
+    demo.add_argument("--repeats", type=positive_int, default=3, help="timings of each measurement")
+    demo.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's)")
+    demo.add_argument("--out", default="sdtp-demo", help="folder for demo.json and demo.png")
     demo.set_defaults(run=_run)
