@@ -26,7 +26,7 @@ SECTIONS = ("select", "compact", "score")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", nargs="?", default="cuda_micro.json", help="JSON file to write (default: %(default)s)")
+    p.add_argument("out", nargs="?", default="build/bench/cuda_micro.json", help="JSON file to write (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (a smoke run)")
     p.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
     p.add_argument("--iters", type=int, default=None, help="timed calls per measurement (default: by section)")

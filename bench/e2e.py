@@ -11,9 +11,12 @@ not on which. Dense runs are the same model with pruning switched off (sdtp_disa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
+import os
 import platform
+import sys
 
 import torch
 import transformers
@@ -56,12 +59,27 @@ def dense_and_sdtp(model, fn, device: str, repeats: int, clock) -> tuple[tuple[f
     return min(dense), min(sdtp)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """The profiler's native library logs start/stop lines (and, on a machine without a GPU, a device-count error)
+    straight to file descriptor 2: silence it, not Python's own stderr, for the profiled call."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def prune_overhead(prefill, device: str) -> float:
     """Seconds one pruned prefill spends inside SDTP's "sdtp.prune" ranges (score, select, compact, masks)."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as profile:
+    with _native_stderr_silenced(), torch.profiler.profile(activities=activities) as profile:
         prefill()
         if device == "cuda":
             torch.cuda.synchronize()
