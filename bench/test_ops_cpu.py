@@ -1,14 +1,21 @@
 """Micro benchmarks of the CPU ops against their python_ref composition, measured in the same run.
-    pytest bench/test_ops_cpu.py --benchmark-json bench/results/ops-cpu.json && python bench/summarize.py bench/results/ops-cpu.json
+
+    mkdir -p build/bench && pytest bench/test_ops_cpu.py --benchmark-json build/bench/ops-cpu-raw.json
+    python bench/summarize.py build/bench/ops-cpu-raw.json --out bench/results/ops-cpu.json
+
+SDTP_BENCH_QUICK=1 runs one small shape per op (to check that the benchmark runs, not to measure).
 """
+import os
+
 import pytest
 import torch
 
 import python_ref
 import sdtp_kernels
 
-D, H = 4096, 1024
-SHAPES = [(B, N) for B in (1, 4) for N in (4096, 32768)]
+QUICK = os.environ.get("SDTP_BENCH_QUICK") == "1"
+D, H = (256, 64) if QUICK else (4096, 1024)
+SHAPES = [(1, 512)] if QUICK else [(B, N) for B in (1, 4) for N in (4096, 32768)]
 IMPLS = {"sdtp": sdtp_kernels, "reference": python_ref}
 
 

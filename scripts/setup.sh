@@ -21,7 +21,9 @@ if [ ! -x "$py" ]; then
 fi
 if ! "$py" -c 'import torch' 2>/dev/null; then
   step "installing ${SDTP_TORCH:-torch==2.14.1} (the CUDA build is about 3 GB; a few minutes)"
-  pip install -q "${SDTP_TORCH:-torch==2.14.1}"
+  # Unquoted: SDTP_TORCH may carry pip options (an --index-url for a CPU-only torch, say).
+  # shellcheck disable=SC2086
+  pip install -q ${SDTP_TORCH:-torch==2.14.1}
 fi
 "$py" -c 'import setuptools, wheel, ninja, pybind11' 2>/dev/null || pip install -q setuptools wheel ninja pybind11
 

@@ -1,7 +1,7 @@
 """`sdtp reference-model`: train the reference model and write it with what was measured of it.
 
-Writes --out: `config.json` + `model.safetensors` (save_pretrained, --save-dtype), `generation_config.json`,
-`task.json` (generator settings, vocabulary, the held-out split, answer accuracy and each query's accuracy) and
+Writes --out: `config.json` + `model.safetensors` (save_pretrained, --save-dtype), `generation_config.json`, the
+tokenizer of the task's vocabulary (`tokenizer.json`, `tokenizer_config.json`), `task.json` (generator settings, vocabulary, the held-out split, answer accuracy and each query's accuracy) and
 `train_summary.json` (command, steps, stop reason, wall time, curriculum, held-out evaluations, the first step and
 the mean of the last 50, the pruning probe). Checkpoints go to --work-dir; rerunning the same command resumes.
 
@@ -29,9 +29,11 @@ import sys
 
 import torch
 
+from ..files import respect_umask
 from ..tasks.retrieval import RetrievalTask
 from ..train.summary import summarize
 from .measures import pruning_probe, query_accuracies
+from .tokenizer import save_tokenizer
 from .trainer import EVAL_SEED_OFFSET, ReferenceRun
 
 _FLAGS = [
@@ -119,6 +121,10 @@ def _run(args: argparse.Namespace) -> int:
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=False)
     os.makedirs(args.out, exist_ok=True)
     model.to(getattr(torch, args.save_dtype)).save_pretrained(args.out, safe_serialization=True)
+    for name in os.listdir(args.out):
+        if name.endswith(".safetensors"):
+            respect_umask(os.path.join(args.out, name))
+    save_tokenizer(run.tasks[-1], args.out)
     # Measured as users will load it.
     reloaded = LlamaForCausalLM.from_pretrained(args.out, dtype=torch.float32).eval()
     held_out = RetrievalTask(run.base, seed=args.seed + EVAL_SEED_OFFSET)

@@ -236,21 +236,16 @@ class RetrievalTask:
         return list(range(self.config.query_start, self.config.seq_len))
 
     # ---- debugging ----
-    def decode(self, ids: Iterable[int]) -> str:
+    def token_names(self) -> list[str]:
+        """The name of every token id, in id order: <pad> <bos> <eos> <key> <query>, keys k0.., values v0..,
+        filler f0... The reference model's tokenizer is this vocabulary, words split on whitespace."""
         c = self.config
-        out = []
-        for t in ids:
-            if t in SPECIAL_NAMES:
-                out.append(SPECIAL_NAMES[t])
-            elif c.key_offset <= t < c.value_offset:
-                out.append(f"k{t - c.key_offset}")
-            elif c.value_offset <= t < c.filler_offset:
-                out.append(f"v{t - c.value_offset}")
-            elif c.filler_offset <= t < c.vocab_size:
-                out.append(f"f{t - c.filler_offset}")
-            else:
-                out.append(f"?{t}")
-        return " ".join(out)
+        return ([SPECIAL_NAMES[t] for t in range(NUM_SPECIAL)] + [f"k{i}" for i in range(c.n_keys)]
+                + [f"v{i}" for i in range(c.n_values)] + [f"f{i}" for i in range(c.n_filler)])
+
+    def decode(self, ids: Iterable[int]) -> str:
+        names = self.token_names()
+        return " ".join(names[t] if 0 <= t < len(names) else f"?{t}" for t in ids)
 
 
 def write_jsonl(path: str | os.PathLike, examples: Iterable[RetrievalExample], config: RetrievalTaskConfig | None = None) -> int:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 @pytest.mark.slow
@@ -27,6 +27,9 @@ def test_tiny_run_writes_a_loadable_model_and_resumes(tmp_path):
     assert set(summary["pruning_probe"]) >= {"start4_step3_keep0.7_random", "start4_step3_keep0.7_answer_pair_kept"}
     model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
     assert model.config.num_hidden_layers == 5 and model.config.vocab_size == task["task"]["vocab_size"]
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert tokenizer("<bos> <key> k0 v0 f0")["input_ids"] == [1, 3, 5, 69, 133]
+    assert len(tokenizer) == task["task"]["vocab_size"]
 
     rerun = _run(command)
     assert "resumed from" in rerun.stdout
