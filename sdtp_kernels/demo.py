@@ -38,7 +38,7 @@ def check_context(model_dir: Path, context: int, max_positions: int | None) -> N
     """Refuse a prompt longer than the model's positions; warn past the length its task trained it on."""
     if max_positions is not None and context > max_positions:
         raise ValueError(f"--context {context} exceeds the {max_positions} positions of {model_dir} "
-                         "(max_position_embeddings)")
+                         "(max_position_embeddings; random prompts default to 4096 tokens: pass a shorter --context)")
     trained = _trained_length(model_dir)
     if trained is not None and context > trained:
         warnings.warn(f"--context {context}: {model_dir} was trained on {trained}-token prompts of its task; at "
@@ -98,9 +98,8 @@ def run_demo(model_dir: Path, predictors: Path | None, device: str, batch: int, 
 
     _say(f"loading {model_dir}")
     model = _load(model_dir, predictors, device)
-    if context is not None:
-        check_context(model_dir, context, getattr(model.config, "max_position_embeddings", None))
     ids, answers = _prompts(model_dir, batch, context, model.config.vocab_size, seed)
+    check_context(model_dir, ids.shape[1], getattr(model.config, "max_position_embeddings", None))
     ids = ids.to(device)
     clock = CLOCKS["wall"]
 

@@ -47,6 +47,8 @@ def test_a_context_past_the_models_positions_is_refused(tmp_path, capsys):
     save_sdtp(apply_sdtp(model, PRUNING), tmp_path / "model" / "sdtp")
     assert main(["demo", "--model", str(tmp_path / "model"), "--device", "cpu", "--context", "300"]) == 2
     assert "--context 300 exceeds the 256 positions" in capsys.readouterr().err
+    assert main(["demo", "--model", str(tmp_path / "model"), "--device", "cpu"]) == 2  # random prompts: 4096
+    assert "--context 4096 exceeds the 256 positions" in capsys.readouterr().err
 
 
 def test_a_context_past_the_trained_length_warns(tmp_path):
