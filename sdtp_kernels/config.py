@@ -78,16 +78,21 @@ class SDTPConfig:
     def predictor_width(self, hidden_size: int) -> int:
         return self.predictor_hidden if self.predictor_hidden is not None else max(1, hidden_size // 4)
 
-    def local_count(self, length: int) -> int:
-        """ceil(local_ratio * L): the last tokens of a row's prompt that every stage keeps."""
-        return math.ceil(_exact(self.local_ratio) * length)
+    def local_count(self, length: int, tail: int = 0) -> int:
+        """The last tokens of a row's prompt that every stage keeps: ceil(local_ratio * L), or `tail` if more (a
+        caller's protected tail, e.g. the continuation a log-likelihood scores)."""
+        return max(math.ceil(_exact(self.local_ratio) * length), min(tail, length))
 
-    def kept_count(self, length: int, stage: int) -> int:
+    def kept_count(self, length: int, stage: int, tail: int = 0) -> int:
         """Tokens stage `stage` (1-based; 0 = the unpruned prompt) keeps of a row with `length` real tokens:
         ceil(keep_ratio**stage * L), raised to the protected count. This is what `select_tokens` keeps when given
-        keep = ceil(keep_ratio**stage * L), num_sink and num_local = local_count(L)."""
-        protected = min(length, self.num_sink + self.local_count(length))
+        keep = ceil(keep_ratio**stage * L), num_sink and num_local = local_count(L, tail)."""
+        protected = min(length, self.num_sink + self.local_count(length, tail))
         return max(math.ceil(_exact(self.keep_ratio) ** stage * length), protected)
+
+    def replace(self, **fields: Any) -> "SDTPConfig":
+        """A copy with `fields` changed (checked like any SDTPConfig)."""
+        return self.from_dict({**self.to_dict(), **fields}) if fields else self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

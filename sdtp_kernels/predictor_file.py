@@ -39,15 +39,17 @@ class SavedPredictors:
     training: Optional[dict[str, Any]]
     """train_options.json, if the directory has one."""
 
-    def check_fits(self, hidden_size: int, num_layers: int, model_name: str) -> None:
-        """Refuse a model these predictors were not made for: another hidden size, or a stage count that the saved
-        schedule does not give on a model of `num_layers` decoder layers."""
+    def check_fits(
+        self, hidden_size: int, num_layers: int, model_name: str, config: Optional[SDTPConfig] = None
+    ) -> None:
+        """Refuse a model these predictors were not made for: another hidden size, or a stage count that the
+        schedule (`config`, by default the saved one) does not give on a model of `num_layers` decoder layers."""
         if self.hidden_size != hidden_size:
             raise ValueError(
                 f"the SDTP predictors in {self.directory} were made for hidden size {self.hidden_size}, "
                 f"but this {model_name} has hidden size {hidden_size}"
             )
-        stages = self.config.stage_layers(num_layers)
+        stages = (config or self.config).stage_layers(num_layers)
         if len(self.stage_layers) != len(stages):
             raise ValueError(
                 f"{self.directory} holds {len(self.stage_layers)} stage predictors (before layers "

@@ -1,7 +1,7 @@
 """SDTP for Hugging Face transformers causal LMs: patch a model instance, prune its prefill, generate as usual."""
 from .cache_state import key_positions
 from .families import SUPPORTED_MODELS
-from .patch import apply_sdtp, remove_sdtp, save_sdtp, sdtp_config, sdtp_disabled, sdtp_predictors, set_scorer
+from .patch import apply_sdtp, remove_sdtp, save_sdtp, sdtp_config, sdtp_disabled, sdtp_predictors, set_scorer, protected_tail
 from .scorers import SCORERS, Scorer, make_scorer
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "sdtp_predictors",
     "set_scorer",
     "make_scorer",
+    "protected_tail",
 ]

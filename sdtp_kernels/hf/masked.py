@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -50,14 +50,17 @@ def hard_mask(policy: torch.Tensor, attn_implementation: str, dtype: torch.dtype
     return format_mask(policy.bool() if policy.dtype == torch.bool else policy > 0.5, attn_implementation, dtype)
 
 
-def select_decide(config: SDTPConfig, score: StageScore, select: Callable = ops.select_tokens) -> Decide:
+def select_decide(config: SDTPConfig, score: StageScore, select: Callable = ops.select_tokens,
+                  tails: Optional[Sequence[int]] = None) -> Decide:
     """SDTP's rule: at stage s keep config.kept_count(L, s) of each row's L real tokens, the protected ones and the
-    best of the others by `score`. `select` has the contract of `ops.select_tokens` (the tests pass the reference)."""
+    best of the others by `score`. `select` has the contract of `ops.select_tokens` (the tests pass the reference);
+    `tails`: per row, last tokens kept on top (as `protected_tail` keeps them)."""
 
     def decide(stage, hidden, alive, valid):
         lengths = valid.sum(1).tolist()
-        keep = torch.tensor([config.kept_count(n, stage) for n in lengths])
-        local = torch.tensor([config.local_count(n) for n in lengths])
+        row_tails = tails if tails is not None else [0] * len(lengths)
+        keep = torch.tensor([config.kept_count(n, stage, t) for n, t in zip(lengths, row_tails)])
+        local = torch.tensor([config.local_count(n, t) for n, t in zip(lengths, row_tails)])
         index, _ = select(score(stage, hidden), keep, alive, config.num_sink, local)
         # Empty slots (-1) write into an extra column that is dropped.
         kept = torch.zeros(alive.shape[0], alive.shape[1] + 1, dtype=torch.bool, device=alive.device)

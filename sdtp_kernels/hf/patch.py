@@ -4,7 +4,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
-from typing import Iterator, Union
+from typing import Iterator, Sequence, Union
 
 from torch import nn
 
@@ -56,12 +56,31 @@ def sdtp_disabled(model: nn.Module) -> Iterator[nn.Module]:
         runtime.enabled = was
 
 
+@contextlib.contextmanager
+def protected_tail(model: nn.Module, tails: Sequence[int]) -> Iterator[nn.Module]:
+    """Inside, a prefill of the patched model keeps the last `tails[b]` real tokens of row b at every stage (on top
+    of the schedule's protected tokens), so that their logits come back: a pruned prefill returns the logits of the
+    tokens that reach the last layer, right-aligned, so row b's tail is its last `tails[b]` columns."""
+    runtime = _runtime(model)
+    if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in tails):
+        raise ValueError(f"protected_tail: tails must be ints >= 0, got {list(tails)}")
+    was, runtime.protected_tail = runtime.protected_tail, list(tails)
+    try:
+        yield model
+    finally:
+        runtime.protected_tail = was
+
+
 def apply_sdtp(
-    model: nn.Module, config_or_dir: Union[SDTPConfig, str, os.PathLike], scorer: Union[str, Scorer] = "predictor"
+    model: nn.Module,
+    config_or_dir: Union[SDTPConfig, str, os.PathLike],
+    scorer: Union[str, Scorer] = "predictor",
+    **schedule,
 ) -> nn.Module:
     """Patch this model instance (never its class) with SDTP and return it: fresh predictors for an SDTPConfig, the
     saved ones for a directory written by save_sdtp. `scorer` ranks each stage's tokens: "predictor" (the
-    predictors), "random", "attention" (see `scorers`), or a Scorer instance."""
+    predictors), "random", "attention" (see `scorers`), or a Scorer instance. `schedule`: SDTPConfig fields that
+    override the given or saved ones (e.g. keep_ratio=0.7; saved predictors need the same stage layers)."""
     family = family_of(model)
     if getattr(model, _RUNTIME, None) is not None:
         raise ValueError("this model already has SDTP; call remove_sdtp(model) before applying it again")
@@ -73,11 +92,11 @@ def apply_sdtp(
         )
     layers = family.decoder_layers(model)
     if isinstance(config_or_dir, SDTPConfig):
-        config, saved = config_or_dir, None
+        config, saved = config_or_dir.replace(**schedule), None
     else:
         saved = read_predictors(config_or_dir)
-        saved.check_fits(model.config.hidden_size, len(layers), type(model).__name__)
-        config = saved.config
+        config = saved.config.replace(**schedule)
+        saved.check_fits(model.config.hidden_size, len(layers), type(model).__name__, config)
     scorer = make_scorer(scorer)
     stage_layers = config.stage_layers(len(layers))
     width = config.predictor_width(model.config.hidden_size)

@@ -22,9 +22,10 @@ from .scorers import Scorer
 class _Plan:
     """The host-side schedule of one prefill, from its rows' prompt lengths."""
 
-    def __init__(self, config: SDTPConfig, lengths: list[int], num_stages: int):
-        self.counts = [lengths] + [[config.kept_count(n, s) for n in lengths] for s in range(1, num_stages + 1)]
-        self.local = [config.local_count(n) for n in lengths]
+    def __init__(self, config: SDTPConfig, lengths: list[int], tails: list[int], num_stages: int):
+        self.counts = [lengths] + [[config.kept_count(n, s, t) for n, t in zip(lengths, tails)]
+                                   for s in range(1, num_stages + 1)]
+        self.local = [config.local_count(n, t) for n, t in zip(lengths, tails)]
         # A stage that removes nothing from any row is skipped, so keep_ratio = 1.0 runs the unpatched forward.
         self.active = [False] + [
             any(c < p for c, p in zip(self.counts[s], self.counts[s - 1])) for s in range(1, num_stages + 1)
@@ -73,7 +74,7 @@ class _Forward:
         cache = next((kwargs[k] for k in run.family.cache_kwargs if kwargs.get(k) is not None), None)
         if self.past_length == 0:
             if run.enabled:
-                self.plan = _Plan(run.config, self._prompt_lengths(batch, length), run.num_stages)
+                self.plan = _Plan(run.config, self._prompt_lengths(batch, length), run.tails(batch), run.num_stages)
             # Also when pruning is off: a reused cache must not keep the token sets of an earlier prompt.
             self.state = PrunedCacheState.unpruned(run.num_stages)
             if cache is not None:
@@ -151,6 +152,7 @@ class SDTPRuntime:
         self.num_stages = len(stage_layers)
         self.model_config = model.config
         self.enabled = True
+        self.protected_tail: Optional[list[int]] = None  # per row: last tokens every stage keeps (protected_tail)
         self.forward: Optional[_Forward] = None
         self._model = model
         self._layers = list(family.decoder_layers(model))  # unwrapped: taken before apply_sdtp wraps them
@@ -164,6 +166,13 @@ class SDTPRuntime:
             base.register_forward_pre_hook(self._begin, with_kwargs=True),
             base.register_forward_hook(self._end, always_call=True),
         ]
+
+    def tails(self, batch: int) -> list[int]:
+        if self.protected_tail is None:
+            return [0] * batch
+        if len(self.protected_tail) != batch:
+            raise ValueError(f"SDTP: protected_tail has {len(self.protected_tail)} entries for a batch of {batch} rows")
+        return self.protected_tail
 
     def set_scorer(self, scorer: Scorer) -> Scorer:
         """Rank tokens with `scorer` from now on; returns the scorer it replaces (unbound)."""

@@ -1,0 +1,65 @@
+"""protected_tail: the last m tokens of each row survive every stage and their logits come back, right-padded
+batches included (what a harness log-likelihood needs); schedule overrides at apply time."""
+import pytest
+import torch
+from hf_tiny import PROMPT, PRUNING, VOCAB, prompts, tiny_model
+from masked_reference import reference_decide
+
+from sdtp_kernels.hf import apply_sdtp, key_positions, protected_tail, save_sdtp, sdtp_config, sdtp_predictors
+from sdtp_kernels.hf.masked import MaskedPruning
+from sdtp_kernels.hf.model_call import output_cache
+
+
+def _right_padded(batch: int = 3):
+    ids = torch.randint(1, VOCAB, (batch, PROMPT), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[1, PROMPT - 9:] = 0  # row 1: 31 real tokens, then padding
+    ids[1, PROMPT - 9:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("name, attn", [("llama", "eager"), ("llama", "sdpa"), ("qwen2", "sdpa"), ("bloom", "eager")])
+def test_tail_logits_equal_the_masked_simulation_on_right_padded_rows(name, attn):
+    model = apply_sdtp(tiny_model(name, attn), PRUNING)
+    with torch.no_grad():
+        for p in sdtp_predictors(model).parameters():
+            p.add_(torch.randn_like(p))
+    ids, mask = _right_padded()
+    lengths, tails = mask.sum(1).tolist(), [7, 12, 1]
+    with protected_tail(model, tails), torch.no_grad():
+        out = model(ids, attention_mask=mask, use_cache=True)
+    pruned, kept = out.logits, key_positions(output_cache(out))
+    with MaskedPruning(model, PRUNING, reference_decide(PRUNING, sdtp_predictors(model), tails)) as sim, \
+            torch.no_grad():
+        simulated = model(ids, attention_mask=mask).logits
+    width = pruned.shape[1]
+    for row, (length, tail) in enumerate(zip(lengths, tails)):
+        # The tail survives every stage, and the stages keep the schedule's counts raised to it.
+        for stage, stage_kept in enumerate(kept, start=1):
+            columns = set(stage_kept[row][stage_kept[row] >= 0].tolist())
+            assert set(range(length - tail, length)) <= columns
+            assert len(columns) == PRUNING.kept_count(length, stage, tail)
+            assert torch.equal(sim.alive[stage][row].nonzero().squeeze(1), stage_kept[row][stage_kept[row] >= 0])
+        torch.testing.assert_close(pruned[row, width - tail:], simulated[row, length - tail:length],
+                                   atol=2e-5, rtol=1e-4)
+
+
+def test_tail_count_must_match_the_batch_and_be_non_negative():
+    model = apply_sdtp(tiny_model("llama"), PRUNING)
+    ids, mask = prompts(2)
+    with pytest.raises(ValueError, match="protected_tail has 3 entries for a batch of 2 rows"), torch.no_grad():
+        with protected_tail(model, [1, 2, 3]):
+            model(ids, attention_mask=mask)
+    with pytest.raises(ValueError, match="ints >= 0"):
+        with protected_tail(model, [1, -2]):
+            pass
+
+
+def test_schedule_overrides_at_apply_time(tmp_path):
+    save_sdtp(apply_sdtp(tiny_model("llama"), PRUNING), tmp_path)
+    model = apply_sdtp(tiny_model("llama"), tmp_path, keep_ratio=0.5, num_sink=1)
+    assert sdtp_config(model) == PRUNING.replace(keep_ratio=0.5, num_sink=1)
+    with pytest.raises(ValueError, match="holds 3 stage predictors .* gives 2 stages"):
+        apply_sdtp(tiny_model("llama"), tmp_path, start_layer=4)
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['keep'\]"):
+        apply_sdtp(tiny_model("llama"), tmp_path, keep=0.5)
