@@ -5,7 +5,7 @@
 # Idempotent: a stamp in the venv records what the native build was made from (the C++/CUDA sources, setup.py,
 # pyproject.toml, the build switches and torch's version); when none of it changed, a second run builds nothing and
 # takes seconds. Switches: SDTP_TORCH (the torch requirement, default torch==2.14.1; e.g. a CPU-only wheel),
-# SDTP_CUDA=auto|0|1, TORCH_CUDA_ARCH_LIST, MAX_JOBS (default 2), CUDA_HOME.
+# SDTP_CUDA=auto|0|1, TORCH_CUDA_ARCH_LIST, MAX_JOBS (default 2), CUDA_HOME, SDTP_HARNESS=0 (no lm-eval in build/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${SDTP_VENV:-.venv}
@@ -40,4 +40,8 @@ on 2 cores)"
   echo "$stamp" > "$stamp_file"
 fi
 "$venv/bin/sdtp" info
+if [ "${SDTP_HARNESS:-1}" != 0 ] && [ "$venv" = .venv ]; then
+  step "lm-evaluation-harness for the sdtp harness model and its tests (build/lm-eval; SDTP_HARNESS=0 skips)"
+  bash scripts/setup_harness.sh
+fi
 step "done"

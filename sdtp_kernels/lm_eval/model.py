@@ -1,0 +1,130 @@
+"""The harness model `sdtp`: the harness's Hugging Face model (`HFLM`: its batching, tokenisation and caching) with
+SDTP's pruned prefill on the model it loads.
+
+- `generate_until` runs `model.generate` on the harness's left-padded batches: pruned prefill, pruned KV cache.
+- `loglikelihood`: the harness right-pads (context + continuation)[:-1] and reads the logits of each row's last
+  len(continuation) positions. Those are protected at every stage (`protected_tail`), so they are never pruned and
+  their logits come back; they are put back at the positions the harness reads.
+- `loglikelihood_rolling` (perplexity) scores every token, so nothing could be pruned: refused unless sdtp=off.
+
+Model args: pretrained=DIR (a local model folder), predictors=DIR (default: DIR/sdtp when it exists), the schedule
+(keep_ratio=, start_layer=, layer_step=, num_stages=, num_sink=, local_ratio=), scorer=predictor|random|attention
+(the baselines keep the same counts), seed= (the random scorer's), sdtp=on|off (off: the plain HFLM model)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from ..config import SDTPConfig
+from ..hf import apply_sdtp, protected_tail
+from ..hf.model_dir import local_model_dir
+from ..hf.scorers import make_scorer
+
+_SCHEDULE = {f.name: f.type for f in dataclasses.fields(SDTPConfig)}
+_PAD = 0  # the harness right-pads log-likelihood batches with token id 0
+
+
+def _switch(value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("on", "off", "true", "false", "1", "0"):
+        raise ValueError(f"sdtp: model arg sdtp must be on or off, got {value!r}")
+    return text in ("on", "true", "1")
+
+
+def _schedule(args: dict[str, Any]) -> dict[str, Any]:
+    """The schedule overrides among the model args, as SDTPConfig's types ("0.7" -> 0.7)."""
+    out = {}
+    for name, kind in _SCHEDULE.items():
+        if args.get(name) is not None:
+            out[name] = float(args[name]) if "float" in str(kind) else int(args[name])
+    return out
+
+
+@register_model("sdtp")
+class SDTPLM(HFLM):
+    def __init__(self, pretrained: str, predictors: Optional[str] = None, sdtp: Any = "on",
+                 scorer: str = "predictor", seed: int = 0, **kwargs: Any):
+        schedule = _schedule({name: kwargs.pop(name, None) for name in _SCHEDULE})
+        self._pruning = _switch(sdtp)
+        if isinstance(pretrained, str):
+            local_model_dir(pretrained, "pretrained=")
+        if kwargs.get("device") is None:  # HFLM's own default is "cuda", also where there is none
+            kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        if self._pruning and scorer == "attention":
+            kwargs.setdefault("attn_implementation", "eager")  # the only one that returns attention probabilities
+        super().__init__(pretrained=pretrained, **kwargs)
+        self._continuations: dict[tuple[int, ...], int] = {}
+        if not self._pruning:
+            return
+        if predictors is None and isinstance(pretrained, str) and os.path.isdir(os.path.join(pretrained, "sdtp")):
+            predictors = os.path.join(pretrained, "sdtp")
+        chosen = make_scorer(scorer, **({"seed": int(seed)} if scorer == "random" else {}))
+        if predictors is not None:
+            apply_sdtp(self.model, predictors, scorer=chosen, **schedule)
+        elif scorer == "predictor":
+            raise ValueError("sdtp: scorer=predictor needs trained predictors: pass predictors=DIR (or put them in "
+                             "PRETRAINED/sdtp), or use scorer=random / scorer=attention")
+        else:
+            apply_sdtp(self.model, SDTPConfig(**schedule), scorer=chosen)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        if self._pruning:
+            tasks = sorted({r.task_name for r in requests if getattr(r, "task_name", None)})
+            raise ValueError(
+                f"sdtp: {', '.join(tasks) or 'this task'} asks for loglikelihood_rolling (perplexity), which scores "
+                "every token of the text, so SDTP could prune nothing; run it with sdtp=off (the dense model)"
+            )
+        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        if not self._pruning:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        # The model input of each request, as the harness builds it, and the continuation it scores.
+        self._continuations = {}
+        for _, context, continuation in requests:
+            inp = tuple((context + continuation)[-(self.max_length + 1):][:-1])
+            self._continuations[inp] = max(len(continuation), self._continuations.get(inp, 0))
+        try:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        finally:
+            self._continuations = {}
+
+    def _rows(self, inps: torch.Tensor) -> tuple[list[int], list[int]]:
+        """(real length, protected tail) of each right-padded row. A row whose real tokens end in the pad id can
+        match several requests; then the tail covers the positions every one of them scores."""
+        lengths, tails = [], []
+        for row in inps.tolist():
+            found, length = [], len(row)
+            while length > 0:
+                if (contlen := self._continuations.get(tuple(row[:length]))) is not None:
+                    found.append((length, contlen))
+                if row[length - 1] != _PAD:
+                    break
+                length -= 1
+            if not found:
+                raise RuntimeError("sdtp: a log-likelihood batch row matches none of the requests it was built from")
+            end = max(n for n, _ in found)
+            lengths.append(end)
+            tails.append(end - min(n - c for n, c in found))
+        return lengths, tails
+
+    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
+        if not self._pruning or not self._continuations:
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        lengths, tails = self._rows(inps)
+        width = inps.shape[1]
+        mask = (torch.arange(width, device=inps.device)[None, :] < torch.tensor(lengths, device=inps.device)[:, None])
+        with (torch.no_grad(), protected_tail(self.model, tails),
+              torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                             enabled=self.mixed_precision_dtype is not None)):
+            kept = self.model(inps, attention_mask=mask.long()).logits  # right-aligned: each row's tail is last
+        # Back to the harness's layout: the tail's logits at the positions it reads; the pruned ones are never read.
+        logits = kept.new_zeros(inps.shape[0], width, kept.shape[-1])
+        for row, (length, tail) in enumerate(zip(lengths, tails)):
+            logits[row, length - tail:length] = kept[row, kept.shape[1] - tail:]
+        return logits

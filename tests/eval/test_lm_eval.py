@@ -1,0 +1,86 @@
+"""The harness model `sdtp` (lm-evaluation-harness 0.4.13) on the reference model: log-likelihoods under pruning
+equal the masked simulation's on the same kept set, the retrieval tasks give `sdtp eval`'s numbers, batch sizes
+agree, sdtp=off is the harness's own hf model, and perplexity tasks are refused."""
+import pytest
+import torch
+from lm_eval import simple_evaluate
+from lm_eval.api.instance import Instance
+from lm_eval.tasks import TaskManager
+
+from sdtp_kernels.eval.prompts import task_prompts
+from sdtp_kernels.eval.quality import evaluate_pruning
+from sdtp_kernels.hf import sdtp_config, sdtp_predictors
+from sdtp_kernels.hf.masked import MaskedPruning, select_decide
+from sdtp_kernels.hf.model_dir import load_causal_lm
+from sdtp_kernels.lm_eval import SDTPLM, task_folder
+from sdtp_kernels.models import reference_model
+from sdtp_kernels.predictor_file import read_predictors
+
+REFERENCE = str(reference_model())
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    return TaskManager(include_path=str(task_folder(tmp_path_factory.mktemp("tasks"), count=24)))
+
+
+def _evaluate(tasks, model="sdtp", limit=24, batch_size=8, **args):
+    model_args = ",".join(f"{k}={v}" for k, v in {"pretrained": REFERENCE, "dtype": "float32", **args}.items())
+    out = simple_evaluate(model=model, model_args=model_args, tasks=["sdtp_retrieval", "sdtp_retrieval_mc"],
+                          limit=limit, batch_size=batch_size, task_manager=tasks, device="cpu")
+    return {"gen": out["results"]["sdtp_retrieval"]["exact_match,none"],
+            "mc": out["results"]["sdtp_retrieval_mc"]["acc,none"]}
+
+
+def test_loglikelihood_under_pruning_equals_the_masked_simulation():
+    lm = SDTPLM(pretrained=REFERENCE, keep_ratio=0.7, batch_size=4, dtype="float32")
+    texts = [lm.tokenizer.decode(p.input_ids) for p in task_prompts(f"{REFERENCE}/task.json", 4)]
+    # Contexts of different lengths (right-padded together) and continuations of 1 and 3 tokens.
+    pairs = [(texts[0], " v17"), (" ".join(texts[1].split()[9:]), " v3 <query> k5"), (texts[2], " v40"),
+             (" ".join(texts[3].split()[30:]), " f1 f2 f3")]
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    harness = [score for score, _ in lm.loglikelihood(requests)]
+
+    model, config = lm.model, sdtp_config(lm.model)
+    predictors = sdtp_predictors(model)
+    for (context, continuation), score in zip(pairs, harness):
+        ids = torch.tensor([lm.tokenizer(context + continuation)["input_ids"]])
+        tail = len(lm.tokenizer(continuation)["input_ids"])
+        decide = select_decide(config, lambda s, hidden: predictors[s - 1].score(hidden), tails=[tail])
+        with MaskedPruning(model, config, decide) as simulation, torch.no_grad():
+            logits = model(ids[:, :-1]).logits.float().log_softmax(-1)
+        assert not bool(simulation.alive[-1].all())  # something was pruned
+        expected = logits[0, -tail:].gather(1, ids[0, -tail:, None]).sum()
+        assert score == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_the_retrieval_tasks_give_sdtp_evals_numbers_and_batch_sizes_agree(tasks):
+    saved = read_predictors(f"{REFERENCE}/sdtp")
+    model = load_causal_lm(REFERENCE).eval()
+    ours = evaluate_pruning(model, saved.config, saved.state, task_prompts(f"{REFERENCE}/task.json", 24),
+                            keep_ratios=(0.9, 0.7), methods=("sdtp",))
+    assert _evaluate(tasks, sdtp="off")["gen"] == pytest.approx(ours["none"]["accuracy"])
+    assert _evaluate(tasks, keep_ratio=0.9)["gen"] == pytest.approx(ours["sdtp"]["0.9"]["accuracy"])
+    batched = _evaluate(tasks, keep_ratio=0.7)
+    assert batched["gen"] == pytest.approx(ours["sdtp"]["0.7"]["accuracy"])
+    assert _evaluate(tasks, keep_ratio=0.7, batch_size=1) == batched
+
+
+def test_sdtp_off_is_the_harness_hf_model(tasks):
+    assert _evaluate(tasks, sdtp="off", limit=12) == _evaluate(tasks, model="hf", limit=12)
+
+
+def test_perplexity_tasks_are_refused_under_pruning():
+    lm = SDTPLM(pretrained=REFERENCE, batch_size=1)
+    request = Instance("loglikelihood_rolling", {}, ("<bos> f1 f2",), 0, metadata=("wikitext", 0, 1))
+    with pytest.raises(ValueError, match="wikitext asks for loglikelihood_rolling .* sdtp=off"):
+        lm.loglikelihood_rolling([request])
+    assert len(SDTPLM(pretrained=REFERENCE, sdtp="off", batch_size=1).loglikelihood_rolling([request])) == 1
+
+
+def test_model_args_are_checked():
+    with pytest.raises(ValueError, match="sdtp must be on or off"):
+        SDTPLM(pretrained=REFERENCE, sdtp="maybe")
+    with pytest.raises(FileNotFoundError, match="pretrained= ./nowhere: no such folder"):
+        SDTPLM(pretrained="./nowhere")
