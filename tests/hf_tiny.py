@@ -1,16 +1,30 @@
-"""Tiny seeded models of every SDTP-supported family, and the prompts the integration tests run on them."""
+"""Tiny seeded models of every SDTP-tested family, and the prompts the integration tests run on them."""
 import torch
 from transformers import (
     BloomConfig,
     BloomForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GraniteConfig,
+    GraniteForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
 )
 
 from sdtp_kernels.config import SDTPConfig
@@ -21,24 +35,35 @@ PRUNING = SDTPConfig(start_layer=2, layer_step=2, keep_ratio=0.7, num_sink=2, lo
 
 _ROPE = dict(
     vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=256,
+    num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
 )
+_MOE = dict(num_experts_per_tok=2)
 MODELS = {
     "llama": lambda: (LlamaForCausalLM, LlamaConfig(**_ROPE)),
-    "mistral": lambda: (MistralForCausalLM, MistralConfig(**_ROPE, sliding_window=None)),
+    "mistral": lambda: (MistralForCausalLM, MistralConfig(**_ROPE)),  # its default window (4096) > the prompt
     "qwen2": lambda: (Qwen2ForCausalLM, Qwen2Config(**_ROPE)),
     "qwen3": lambda: (Qwen3ForCausalLM, Qwen3Config(**_ROPE, head_dim=16)),
     "bloom": lambda: (BloomForCausalLM, BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=LAYERS, n_head=4)),
+    # Sliding and full layers alternate (default windows: 4096), soft-capping, two rotary tables.
+    "gemma2": lambda: (Gemma2ForCausalLM, Gemma2Config(**_ROPE, head_dim=16)),
+    "gemma3": lambda: (Gemma3ForCausalLM, Gemma3TextConfig(**_ROPE, head_dim=16)),
+    "phi3": lambda: (Phi3ForCausalLM, Phi3Config(**_ROPE)),  # fused QKV
+    "olmo2": lambda: (Olmo2ForCausalLM, Olmo2Config(**_ROPE)),  # QK-norm, norms after attention and MLP
+    "granite": lambda: (GraniteForCausalLM, GraniteConfig(**_ROPE)),  # residual and attention multipliers
+    "mixtral": lambda: (MixtralForCausalLM, MixtralConfig(**_ROPE, num_local_experts=4, **_MOE)),
+    "qwen3moe": lambda: (Qwen3MoeForCausalLM, Qwen3MoeConfig(**_ROPE, head_dim=16, num_experts=4,
+                                                             moe_intermediate_size=32, **_MOE)),
 }
-# (model, attention implementation): BLOOM has eager attention only.
-VARIANTS = [(m, a) for m in MODELS for a in ("eager", "sdpa") if not (m == "bloom" and a == "sdpa")]
+EAGER_ONLY = ("bloom", "gemma2")  # BLOOM has no SDPA path; Gemma 2's soft-capping needs eager attention
+# (model, attention implementation)
+VARIANTS = [(m, a) for m in MODELS for a in ("eager", "sdpa") if not (m in EAGER_ONLY and a == "sdpa")]
 
 
 def tiny_model(name: str, attn: str = "eager", seed: int = 0, **overrides):
     cls, config = MODELS[name]()
     for key, value in overrides.items():
         setattr(config, key, value)
-    if name != "bloom":
+    if name != "bloom":  # BLOOM's config takes no attention implementation
         config._attn_implementation = attn
     torch.manual_seed(seed)
     model = cls(config).eval()

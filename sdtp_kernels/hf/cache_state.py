@@ -23,6 +23,14 @@ class PrunedCacheState:
         return cls([], [None] * (num_stages + 1))
 
 
+def cached_keys(cache: Any, index: int) -> int:
+    """Keys that layer `index` of a DynamicCache holds before the forward in flight adds its own: every token it
+    saw, or for a sliding-window layer only the last window - 1 (the attention then sees those plus the new ones)."""
+    layers = getattr(cache, "layers", None)
+    keys = getattr(layers[index], "keys", None) if layers is not None and index < len(layers) else None
+    return 0 if not isinstance(keys, torch.Tensor) or keys.dim() < 2 else keys.shape[-2]
+
+
 def attach(cache: Any, state: PrunedCacheState) -> None:
     setattr(cache, _ATTRIBUTE, state)
 

@@ -1,13 +1,25 @@
-"""What SDTP needs to know about each supported transformers model family: where the decoder layers are, under
-which keyword a layer receives the KV cache, and how positions reach attention (RoPE cos/sin or an ALiBi bias)."""
+"""What SDTP needs to know about a transformers decoder-only model, read from its structure rather than from a list
+of class names: where the decoder layers are, under which keyword a layer receives the KV cache, how positions reach
+attention (RoPE cos/sin, or an ALiBi bias), and which layers attend through a sliding window
+(docs/ARCHITECTURE.md §4.1). What a family does inside its layers (QK-norm, soft-capping, fused QKV, MoE blocks,
+per-layer-type rotary tables) needs nothing from SDTP: a layer gets its hidden states, positions and mask."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from .. import ops
+
+# Tested in tests/hf (tiny seeded configs; eager and SDPA where the family has both).
+SUPPORTED_MODELS = (
+    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "BloomForCausalLM",
+    "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM", "Olmo2ForCausalLM", "GraniteForCausalLM",
+    "MixtralForCausalLM", "Qwen3MoeForCausalLM",
+)
+_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -19,8 +31,9 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Ten
 
 
 class RopeFamily:
-    """Llama, Mistral, Qwen2, Qwen3: every layer gets `position_embeddings` = (cos, sin) [B or 1, N, head_dim] and
-    `position_ids`. Keys enter the cache already rotated, so only a pruned prefill needs its positions gathered."""
+    """Decoder layers at `model.model.layers` that get `position_embeddings` = (cos, sin) [B or 1, N, head_dim]
+    (per layer type where a model has several rotary tables) and `position_ids`. Keys enter the cache already
+    rotated, so only a pruned prefill needs its positions gathered."""
 
     cache_kwargs = ("cache", "past_key_values")  # transformers >= 5.24 / 5.17
 
@@ -44,8 +57,9 @@ class RopeFamily:
 
 
 class AlibiFamily:
-    """BLOOM: every layer gets `alibi` [B * heads, 1, keys] = slope * position of each key. A pruned layer's keys
-    are a subset of the unpruned ones, so its bias is the unpruned bias gathered at the kept keys' columns."""
+    """Decoder layers at `model.transformer.h` that get `alibi` [B * heads, 1, keys] = slope * position of each key
+    (BLOOM). A pruned layer's keys are a subset of the unpruned ones, so its bias is the unpruned bias gathered at the
+    kept keys' columns."""
 
     cache_kwargs = ("layer_past",)
 
@@ -64,33 +78,56 @@ class AlibiFamily:
         return {"alibi": gather_rows(per_head, key_slots, dim=2).view(alibi.shape[0], 1, -1)}
 
 
-_FAMILIES = {
-    "LlamaForCausalLM": RopeFamily(),
-    "MistralForCausalLM": RopeFamily(),
-    "Qwen2ForCausalLM": RopeFamily(),
-    "Qwen3ForCausalLM": RopeFamily(),
-    "BloomForCausalLM": AlibiFamily(),
-}
-SUPPORTED_MODELS = tuple(_FAMILIES)
+_ROPE, _ALIBI = RopeFamily(), AlibiFamily()
+
+
+def _layers_at(model: nn.Module, *path: str) -> Optional[nn.ModuleList]:
+    for name in path:
+        model = getattr(model, name, None)
+    return model if isinstance(model, nn.ModuleList) and len(model) > 0 else None
+
+
+def _takes(layer: nn.Module, name: str) -> bool:
+    return name in inspect.signature(layer.forward).parameters
+
+
+def _unsupported(model: nn.Module, reason: str) -> TypeError:
+    return TypeError(f"SDTP does not support {type(model).__name__}; supported models: {', '.join(SUPPORTED_MODELS)}, "
+                     f"and decoder-only models whose layers take the same inputs ({reason})")
 
 
 def family_of(model: nn.Module):
-    # Imported here, not with this module: transformers' model code takes seconds to load, and only a model that
-    # is being patched needs it (each class loads on first access).
-    import transformers
+    """The family of a causal LM, from its structure; a model that does not fit raises what did not fit."""
+    if getattr(model, "config", None) is None or getattr(model.config, "is_encoder_decoder", False):
+        raise _unsupported(model, "it is not a decoder-only transformers model")
+    rope_layers, alibi_layers = _layers_at(model, "model", "layers"), _layers_at(model, "transformer", "h")
+    if rope_layers is not None:
+        layer = rope_layers[0]  # never wrapped: start_layer >= 1
+        if _takes(layer, "position_embeddings"):
+            return _ROPE
+        raise _unsupported(model, f"its decoder layers ({type(layer).__name__}) take no position_embeddings")
+    if alibi_layers is not None:
+        layer = alibi_layers[0]
+        if _takes(layer, "alibi"):
+            return _ALIBI
+        raise _unsupported(model, f"its decoder layers ({type(layer).__name__}) take no alibi bias")
+    raise _unsupported(model, "no decoder layers at model.layers or transformer.h")
 
-    for name, family in _FAMILIES.items():
-        if isinstance(model, getattr(transformers, name)):
-            return family
-    raise TypeError(
-        f"SDTP does not support {type(model).__name__}; supported models: {', '.join(SUPPORTED_MODELS)}"
-    )
+
+def layer_windows(config: Any, num_layers: int) -> list[Optional[int]]:
+    """Per decoder layer: the sliding window it attends through (a query at column q sees keys in (q - w, q]), or
+    None for full attention. As transformers reads it: `layer_types` where the config has them, else
+    `sliding_window` for every layer."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if types is None:
+        return [window] * num_layers
+    unknown = sorted(set(types) - set(_LAYER_TYPES))
+    if unknown:
+        raise ValueError(f"SDTP supports the layer types {_LAYER_TYPES}; this {config.model_type} model has {unknown}")
+    return [window if kind == "sliding_attention" else None for kind in types]
 
 
-def check_model_config(config: Any) -> None:
-    """Configurations the pruned forward cannot represent yet."""
-    if getattr(config, "sliding_window", None) is not None:
-        raise ValueError(
-            f"SDTP supports full-attention layers only, but this {config.model_type} model uses a sliding window of "
-            f"{config.sliding_window} tokens (set config.sliding_window = None, or use_sliding_window = False for Qwen)"
-        )
+def check_model_config(config: Any, num_layers: int) -> None:
+    """Configurations the pruned forward cannot represent."""
+    layer_windows(config, num_layers)

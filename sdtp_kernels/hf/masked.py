@@ -20,7 +20,8 @@ from torch import nn
 
 from .. import ops
 from ..config import SDTPConfig
-from .families import family_of
+from .cache_state import cached_keys
+from .families import family_of, layer_windows
 from .masks import format_mask
 from .model_call import ModelCall
 from .patch import sdtp_disabled
@@ -31,18 +32,27 @@ Decide = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 StageScore = Callable[[int, torch.Tensor], torch.Tensor]
 
 
-def keep_policy(key_keep: torch.Tensor, num_queries: int) -> torch.Tensor:
-    """[B, 1, Q, K]: may query i (the last Q of the K positions) attend key j? Yes iff j <= i and j is kept — or j is
-    i itself, so that no row is empty. `key_keep` [B, K] is bool, or float in [0, 1]: the result is then a product
-    of it (1 where attended), so straight-through Gumbel decisions keep their gradient."""
+def keep_policy(key_keep: torch.Tensor, num_queries: int, window: Optional[int] = None) -> torch.Tensor:
+    """[B, 1, Q, K]: may query i (the last Q of the K positions) attend key j? Yes iff j <= i (and i - j < window
+    through a sliding window) and j is kept — or j is i itself, so that no row is empty. `key_keep` [B, K] is bool,
+    or float in [0, 1]: the result is then a product of it (1 where attended), so straight-through Gumbel decisions
+    keep their gradient."""
     B, K = key_keep.shape
     q = torch.arange(K - num_queries, K, device=key_keep.device)[:, None]
     k = torch.arange(K, device=key_keep.device)[None, :]
-    causal, itself = k <= q, k == q
+    causal, itself = structural_mask(K, num_queries, window, key_keep.device), k == q
     keep = key_keep[:, None, None, :]
     if keep.dtype == torch.bool:
         return causal & (keep | itself)
     return causal * (keep + (1 - keep) * itself)
+
+
+def structural_mask(num_keys: int, num_queries: int, window: Optional[int], device: torch.device) -> torch.Tensor:
+    """[Q, K] bool: what the last Q of K positions may attend whatever is kept: causality, and a sliding window."""
+    q = torch.arange(num_keys - num_queries, num_keys, device=device)[:, None]
+    k = torch.arange(num_keys, device=device)[None, :]
+    allowed = k <= q
+    return allowed if window is None else allowed & (q - k < window)
 
 
 def hard_mask(policy: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
@@ -76,20 +86,22 @@ class MaskedPruning:
     on (alive[0] = the real tokens, from the forward's attention_mask). Later forwards (decoding) see the prompt keys
     alive at their layer's stage plus every generated token.
 
-    `to_mask(policy, dtype)` turns `keep_policy` output into the layer's attention_mask; by default the hard mask of
-    the model's attention implementation. A model patched with apply_sdtp runs with its pruning off meanwhile."""
+    `to_mask(policy, dtype, window)` turns `keep_policy` output into the layer's attention_mask; by default the hard
+    mask of the model's attention implementation. Sliding-window layers apply their window, over the keys their
+    cache returns. A model patched with apply_sdtp runs with its pruning off meanwhile."""
 
     def __init__(
         self,
         model: nn.Module,
         config: SDTPConfig,
         decide: Decide,
-        to_mask: Optional[Callable[[torch.Tensor, torch.dtype], torch.Tensor]] = None,
+        to_mask: Optional[Callable[[torch.Tensor, torch.dtype, Optional[int]], torch.Tensor]] = None,
     ):
         self.model, self.config, self.decide = model, config, decide
         attn = model.config._attn_implementation
-        self.to_mask = to_mask or (lambda policy, dtype: hard_mask(policy, attn, dtype))
+        self.to_mask = to_mask or (lambda policy, dtype, window: hard_mask(policy, attn, dtype))
         self.family = family_of(model)
+        self.windows = layer_windows(model.config, len(self.family.decoder_layers(model)))
         self.alive: list[torch.Tensor] = []
         self._padding_mask: Optional[torch.Tensor] = None
         self._stack = contextlib.ExitStack()
@@ -118,8 +130,11 @@ class MaskedPruning:
             return torch.ones(batch, length, dtype=torch.bool, device=device)
         return self._padding_mask.to(device)
 
+    def _cache(self, kwargs: dict):
+        return next((kwargs[k] for k in self.family.cache_kwargs if kwargs.get(k) is not None), None)
+
     def _past_length(self, index: int, kwargs: dict) -> int:
-        cache = next((kwargs[k] for k in self.family.cache_kwargs if kwargs.get(k) is not None), None)
+        cache = self._cache(kwargs)
         return 0 if cache is None else cache.get_seq_length(index)
 
     def _hook(self, index: int, stage: int, is_stage_layer: bool):
@@ -134,8 +149,12 @@ class MaskedPruning:
                 self.alive.append(self.decide(stage, hidden, self.alive[stage - 1], self.alive[0]))
             prompt = self.alive[stage]
             generated = torch.ones(batch, past + length - prompt.shape[1], dtype=prompt.dtype, device=prompt.device)
-            policy = keep_policy(torch.cat([prompt, generated], 1), length)
-            kwargs["attention_mask"] = self.to_mask(policy, hidden.dtype)
+            keys = torch.cat([prompt, generated], 1)
+            cache = self._cache(kwargs)
+            if cache is not None:  # the keys its cache returns: a sliding-window layer keeps its last window - 1
+                keys = keys[:, -(cached_keys(cache, index) + length):]
+            policy = keep_policy(keys, length, self.windows[index])
+            kwargs["attention_mask"] = self.to_mask(policy, hidden.dtype, self.windows[index])
             return args, kwargs
 
         return pre_hook

@@ -9,14 +9,20 @@ SUPPORTED_ATTENTION = ("eager", "sdpa")
 
 
 def slot_mask(
-    query_slots: torch.Tensor, key_slots: torch.Tensor, key_real: Optional[torch.Tensor] = None
+    query_slots: torch.Tensor,
+    key_slots: torch.Tensor,
+    key_real: Optional[torch.Tensor] = None,
+    window: Optional[int] = None,
 ) -> torch.Tensor:
     """[B, 1, Q, K] bool, True = attend. Slots are the tokens' columns in the unpruned sequence (-1 = an empty slot
-    of a shorter row): a query sees the real keys at or before its own column, and always itself, so that no row is
-    empty (empty slots see only each other and are never read)."""
+    of a shorter row): a query sees the real keys at or before its own column (and, through a sliding window, after
+    column q - window), and always itself, so that no row is empty (empty slots see only each other and are never
+    read)."""
     q = query_slots[:, None, :, None]
     k = key_slots[:, None, None, :]
     allowed = (k >= 0) & (k <= q)
+    if window is not None:
+        allowed &= q - k < window
     if key_real is not None:
         allowed &= key_real[:, None, None, :]
     return allowed | (k == q)

@@ -12,7 +12,7 @@ from torch import nn
 from .. import ops
 from ..config import SDTPConfig
 from ..predictor import SaliencyPredictor
-from .cache_state import PrunedCacheState, attach, state_of
+from .cache_state import PrunedCacheState, attach, cached_keys, state_of
 from .families import gather_rows
 from .masks import format_mask, slot_mask
 from .model_call import ModelCall
@@ -54,24 +54,34 @@ class _Forward:
         self.plan: Optional[_Plan] = None  # set for a prefill with pruning on, the only forward that prunes
         self.query_slots: Optional[torch.Tensor] = None  # decode: the new tokens' columns
         self.uniform: dict[int, bool] = {}  # group -> every row kept the same count (no empty slot)
-        self.group_inputs: dict[int, dict[str, Any]] = {}
+        self.group_inputs: dict[tuple, dict[str, Any]] = {}  # (group, window, visible keys) -> layer inputs
 
-    def layer_inputs(self, stage: int, predictor: Optional[SaliencyPredictor], hidden: torch.Tensor, kwargs: dict):
+    def layer_inputs(self, layer, hidden: torch.Tensor, kwargs: dict):
+        """The hidden states and keyword arguments that SDTPDecoderLayer `layer` runs its layer on."""
         if self.state is None:
             self._start(hidden, kwargs)
-        if self.plan is not None and predictor is not None:
-            hidden = self._prune(stage, predictor, hidden)
-        group = self.state.group_of_stage[stage]
+        if self.plan is not None and layer.predictor is not None:
+            hidden = self._prune(layer.stage, layer.predictor, hidden)
+        group = self.state.group_of_stage[layer.stage]
         if group is None:
             return hidden, kwargs
-        if group not in self.group_inputs:
-            self.group_inputs[group] = self._group_inputs(group, kwargs, hidden.dtype)
-        return hidden, {**kwargs, **self.group_inputs[group]}
+        # The keys the layer's attention sees: what its cache holds (a sliding-window layer keeps only its last
+        # window - 1) and this forward's tokens.
+        total = self.state.key_slots[group].shape[1]
+        cache = self._cache(kwargs)
+        visible = total if cache is None else min(total, cached_keys(cache, layer.index) + hidden.shape[1])
+        key = (group, layer.window, visible)
+        if key not in self.group_inputs:
+            self.group_inputs[key] = self._group_inputs(group, layer.window, visible, kwargs, hidden.dtype)
+        return hidden, {**kwargs, **self.group_inputs[key]}
+
+    def _cache(self, kwargs: dict) -> Any:
+        return next((kwargs[k] for k in self.runtime.family.cache_kwargs if kwargs.get(k) is not None), None)
 
     def _start(self, hidden: torch.Tensor, kwargs: dict) -> None:
         run = self.runtime
         batch, length = hidden.shape[:2]
-        cache = next((kwargs[k] for k in run.family.cache_kwargs if kwargs.get(k) is not None), None)
+        cache = self._cache(kwargs)
         if self.past_length == 0:
             if run.enabled:
                 self.plan = _Plan(run.config, self._prompt_lengths(batch, length), run.tails(batch), run.num_stages)
@@ -122,23 +132,28 @@ class _Forward:
             self.uniform[state.group_of_stage[stage]] = min(plan.counts[stage]) == max(plan.counts[stage])
             return gather_rows(hidden, index)
 
-    def _group_inputs(self, group: int, kwargs: dict, dtype: torch.dtype) -> dict[str, Any]:
-        """attention_mask and positions of the layers that hold token set `group`, built once per forward."""
+    def _group_inputs(self, group: int, window: Optional[int], visible: int, kwargs: dict,
+                      dtype: torch.dtype) -> dict[str, Any]:
+        """attention_mask and positions of the layers that hold token set `group`, attend through `window` and see
+        its last `visible` keys; built once per forward."""
         run = self.runtime
         attn = run.model_config._attn_implementation
-        keys = self.state.key_slots[group]
+        keys = self.state.key_slots[group][:, -visible:]
         with torch.profiler.record_function("sdtp.prune"):
             if self.plan is not None:  # prefill: the queries are the kept tokens themselves
                 queries = keys
-                # Without empty slots the mask is plain causal: leave it to sdpa's is_causal (no [K, K] tensor).
-                no_mask = attn == "sdpa" and self.uniform[group]
-                mask = None if no_mask else format_mask(slot_mask(keys, keys), attn, dtype)
+                # A window as long as the prompt is full attention, and costs nothing.
+                if window is not None and window >= max(self.plan.counts[0]):
+                    window = None
+                # Without empty slots or a window the mask is plain causal: leave it to sdpa's is_causal.
+                no_mask = attn == "sdpa" and self.uniform[group] and window is None
+                mask = None if no_mask else format_mask(slot_mask(keys, keys, window=window), attn, dtype)
             else:
                 queries = None
                 real = None
                 if self.padding_mask is not None:
                     real = self.padding_mask.to(keys.device).gather(1, keys.clamp(min=0))
-                mask = format_mask(slot_mask(self.query_slots.to(keys.device), keys, real), attn, dtype)
+                mask = format_mask(slot_mask(self.query_slots.to(keys.device), keys, real, window), attn, dtype)
             return {"attention_mask": mask, **run.family.position_kwargs(kwargs, queries, keys)}
 
 
@@ -187,10 +202,10 @@ class SDTPRuntime:
         self.scorer.unbind()
         self.forward = None
 
-    def layer_inputs(self, stage: int, predictor: Optional[SaliencyPredictor], hidden: torch.Tensor, kwargs: dict):
+    def layer_inputs(self, layer, hidden: torch.Tensor, kwargs: dict):
         if self.forward is None:  # a layer called on its own, outside the model's forward
             return hidden, kwargs
-        return self.forward.layer_inputs(stage, predictor, hidden, kwargs)
+        return self.forward.layer_inputs(layer, hidden, kwargs)
 
     def _refuse_labels(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """A pruned prefill has logits only for the tokens that reach the last layer: no loss over every position."""

@@ -47,8 +47,8 @@ class PredictorObjective(nn.Module):
             stage_logits.append(logits)
             return next_alive(logits, alive, protected, opts.tau, generator)
 
-        def mask(policy, dtype):
-            return policy_attention_mask(policy, real, dtype)
+        def mask(policy, dtype, window):
+            return policy_attention_mask(policy, real, dtype, window)
 
         positions, targets = labelled_positions(batch.labels)
         with MaskedPruning(self.model, config, decide, to_mask=mask) as simulation:

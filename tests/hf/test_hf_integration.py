@@ -176,11 +176,24 @@ def test_loading_predictors_into_a_mismatched_model_raises(tmp_path):
         apply_sdtp(tiny_model("llama"), tmp_path)
 
 
+def _without_position_embeddings(model):
+    """A model whose decoder layers do not take the standard inputs (as a family with another interface)."""
+
+    class OtherLayer(torch.nn.Module):
+        def forward(self, hidden_states, attention_mask=None):
+            return hidden_states
+
+    model.model.layers = torch.nn.ModuleList(OtherLayer() for _ in model.model.layers)
+    return model
+
+
 def test_unsupported_models_and_settings_raise_clear_errors():
     with pytest.raises(TypeError, match="does not support GPT2LMHeadModel; supported models: LlamaForCausalLM, "):
         apply_sdtp(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2)), PRUNING)
-    with pytest.raises(ValueError, match="sliding window of 16 tokens"):
-        apply_sdtp(tiny_model("mistral", sliding_window=16), PRUNING)
+    with pytest.raises(ValueError, match=r"supports the layer types .* has \['chunked_attention'\]"):
+        apply_sdtp(tiny_model("llama", layer_types=["full_attention"] * 7 + ["chunked_attention"]), PRUNING)
+    with pytest.raises(TypeError, match="take no position_embeddings"):
+        apply_sdtp(_without_position_embeddings(tiny_model("llama")), PRUNING)
     with pytest.raises(ValueError, match="beyond the model"):
         apply_sdtp(tiny_model("llama"), dataclasses.replace(PRUNING, start_layer=LAYERS))
     model = apply_sdtp(tiny_model("llama"), PRUNING)

@@ -107,3 +107,12 @@ def test_policy_mask_is_softmax_with_policy():
     (grad_ref,) = torch.autograd.grad((dynamic_vit * target).sum(), keep)
     torch.testing.assert_close(grad_ours, grad_ref, rtol=1e-4, atol=10 * POLICY_EPS)
     assert grad_ours[0, 1].abs() > 1e-3  # a dropped key's decision learns
+
+
+def test_the_training_mask_keeps_a_sliding_window_structural():
+    """Outside a sliding window a key is masked as transformers masks it (the dtype's minimum), not as a dropped
+    decision (log eps): no gradient flows to decisions the window already excludes."""
+    policy = keep_policy(torch.ones(1, 6), 6, window=2)
+    mask = policy_attention_mask(policy, torch.ones(1, 6, dtype=torch.bool), torch.float32, window=2)
+    minimum = torch.finfo(torch.float32).min
+    assert mask[0, 0, 5, 3] == minimum and abs(mask[0, 0, 5, 4]) < 1e-5 and mask[0, 0, 2, 0] == minimum
