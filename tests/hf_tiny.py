@@ -84,3 +84,18 @@ def prompts(batch: int = 2, seed: int = 1):
     return ids, mask
 
 
+
+
+def training_workdir(root, short_line=None):
+    """`root` with a saved tiny Llama (no tokenizer) and data.jsonl: 16 pre-tokenised prompt + answer records of 20
+    to 39 tokens (line `short_line`, if given, only 3: every token protected). Returns root."""
+    import json
+
+    tiny_model("llama", "eager").save_pretrained(root / "model")
+    g = torch.Generator().manual_seed(0)
+    with open(root / "data.jsonl", "w") as f:
+        for line in range(1, 17):
+            length = 3 if line == short_line else int(torch.randint(20, 40, (1,), generator=g))
+            prompt = torch.randint(1, VOCAB, (length,), generator=g).tolist()
+            f.write(json.dumps({"input_ids": prompt, "answer": [prompt[1]]}) + "\n")
+    return root

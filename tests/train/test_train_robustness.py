@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from hf_tiny import VOCAB, tiny_model
+from hf_tiny import training_workdir
 from safetensors.torch import load_file
 
 import sdtp_kernels.train.objective as objective
@@ -18,15 +18,7 @@ COMMON = ["--start-layer", "2", "--layer-step", "2", "--num-sink", "2"]
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A saved tiny Llama and 16 records, of which line 5 is 3 tokens long (every token protected)."""
-    root = tmp_path_factory.mktemp("robust")
-    tiny_model("llama", "eager").save_pretrained(root / "model")
-    g = torch.Generator().manual_seed(0)
-    with open(root / "data.jsonl", "w") as f:
-        for line in range(1, 17):
-            length = 3 if line == 5 else int(torch.randint(20, 40, (1,), generator=g))
-            prompt = torch.randint(1, VOCAB, (length,), generator=g).tolist()
-            f.write(json.dumps({"input_ids": prompt, "answer": [prompt[1]]}) + "\n")
-    return root
+    return training_workdir(tmp_path_factory.mktemp("robust"), short_line=5)
 
 
 def _args(workdir, *extra):

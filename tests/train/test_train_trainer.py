@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 import torch.multiprocessing as mp
-from hf_tiny import PRUNING, VOCAB, tiny_model
+from hf_tiny import PRUNING, VOCAB, tiny_model, training_workdir
 from safetensors.torch import load_file
 
 import sdtp_kernels.train.trainer as trainer
@@ -25,15 +25,7 @@ WEIGHTS = "sdtp_predictors.safetensors"
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A saved tiny Llama (no tokenizer) and 16 pre-tokenised prompt + answer records."""
-    root = tmp_path_factory.mktemp("train")
-    tiny_model("llama", "eager").save_pretrained(root / "model")
-    g = torch.Generator().manual_seed(0)
-    with open(root / "data.jsonl", "w") as f:
-        for _ in range(16):
-            length = int(torch.randint(20, 40, (1,), generator=g))
-            prompt = torch.randint(1, VOCAB, (length,), generator=g).tolist()
-            f.write(json.dumps({"input_ids": prompt, "answer": [prompt[5]]}) + "\n")
-    return root
+    return training_workdir(tmp_path_factory.mktemp("train"))
 
 
 def _options(workdir, out, **overrides) -> TrainOptions:
