@@ -31,8 +31,9 @@ def harness_accuracy(model_dir: str, args: dict, limit: int, batch_size: int) ->
 
     # float32 as `sdtp eval` runs it (the reference model's weights are stored in float16, which HFLM would keep).
     model_args = ",".join(f"{k}={v}" for k, v in {"pretrained": model_dir, "dtype": "float32", **args}.items())
+    tasks = TaskManager(include_path=str(task_folder()), include_defaults=False)  # only ours: indexes in seconds
     out = lm_eval.simple_evaluate(model="sdtp", model_args=model_args, tasks=list(TASKS), limit=limit,
-                                  batch_size=batch_size, task_manager=TaskManager(include_path=str(task_folder()), include_defaults=False),
+                                  batch_size=batch_size, task_manager=tasks,
                                   device="cuda" if torch.cuda.is_available() else "cpu")
     return {"sdtp_retrieval": out["results"]["sdtp_retrieval"]["exact_match,none"],
             "sdtp_retrieval_mc": out["results"]["sdtp_retrieval_mc"]["acc,none"]}

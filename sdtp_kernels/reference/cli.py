@@ -1,9 +1,10 @@
 """`sdtp reference-model`: train the reference model and write it with what was measured of it.
 
 Writes --out: `config.json` + `model.safetensors` (save_pretrained, --save-dtype), `generation_config.json`, the
-tokenizer of the task's vocabulary (`tokenizer.json`, `tokenizer_config.json`), `task.json` (generator settings, vocabulary, the held-out split, answer accuracy and each query's accuracy) and
-`train_summary.json` (command, steps, stop reason, wall time, curriculum, held-out evaluations, the first step and
-the mean of the last 50, the pruning probe). Checkpoints go to --work-dir; rerunning the same command resumes.
+tokenizer of the task's vocabulary (`tokenizer.json`, `tokenizer_config.json`), `task.json` (generator settings,
+vocabulary, the held-out split, answer accuracy and each query's accuracy) and `train_summary.json` (command,
+steps, stop reason, wall time, curriculum, held-out evaluations, the first step and the mean of the last 50, the
+pruning probe). Checkpoints go to --work-dir; rerunning the same command resumes.
 
 The installed model (`sdtp_kernels/models/reference/`) is three runs of two CPU threads, each from the previous
 one's weights (about 24, 17 and 16 minutes; their commands are in its train_summary.json):

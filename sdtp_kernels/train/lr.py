@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 
-def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_ratio: float = 0.0, constant: bool = False) -> float:
+def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_ratio: float = 0.0,
+                  constant: bool = False) -> float:
     """The factor of the peak learning rate at 0-based `step`."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps

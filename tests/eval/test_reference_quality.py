@@ -1,6 +1,6 @@
 """The reference model and predictors that install with the package (sdtp_kernels/models/reference/): on held-out
-prompts SDTP keeps the unpruned answers at the paper's schedule and keeps far more of them than random pruning with the same kept counts at a harder
-one (the full 500-prompt run is bench/results/quality.json)."""
+prompts SDTP keeps the unpruned answers at the paper's schedule and keeps far more of them than random pruning with
+the same kept counts at a harder one (the full 500-prompt run is bench/results/quality.json)."""
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
