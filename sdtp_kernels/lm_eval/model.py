@@ -94,10 +94,11 @@ class SDTPLM(HFLM):
         finally:
             self._continuations = {}
 
-    def _rows(self, inps: torch.Tensor) -> tuple[list[int], list[int]]:
-        """(real length, protected tail) of each right-padded row. A row whose real tokens end in the pad id can
-        match several requests; then the tail covers the positions every one of them scores."""
-        lengths, tails = [], []
+    def _rows(self, inps: torch.Tensor) -> Optional[tuple[list[int], list[int]]]:
+        """(real length, protected tail) of each right-padded row, or None for a batch that is no request's (the
+        harness's batch-size probe). A row whose real tokens end in the pad id can match several requests; then the
+        tail covers the positions every one of them scores."""
+        lengths, tails, unmatched = [], [], 0
         for row in inps.tolist():
             found, length = [], len(row)
             while length > 0:
@@ -107,16 +108,22 @@ class SDTPLM(HFLM):
                     break
                 length -= 1
             if not found:
-                raise RuntimeError("sdtp: a log-likelihood batch row matches none of the requests it was built from")
+                unmatched += 1
+                continue
             end = max(n for n, _ in found)
             lengths.append(end)
             tails.append(end - min(n - c for n, c in found))
+        if unmatched == inps.shape[0]:
+            return None
+        if unmatched:
+            raise RuntimeError("sdtp: a log-likelihood batch row matches none of the requests it was built from")
         return lengths, tails
 
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
-        if not self._pruning or not self._continuations:
+        rows = self._rows(inps) if self._pruning and self._continuations else None
+        if rows is None:  # dense, or the harness probing how large a batch fits
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
-        lengths, tails = self._rows(inps)
+        lengths, tails = rows
         width = inps.shape[1]
         mask = (torch.arange(width, device=inps.device)[None, :] < torch.tensor(lengths, device=inps.device)[:, None])
         with (torch.no_grad(), protected_tail(self.model, tails),
