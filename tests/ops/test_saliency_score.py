@@ -1,5 +1,8 @@
 """saliency_score meets docs/ARCHITECTURE.md §3.1: against an fp64 reference its error is within 2x the error of
-the same computation done unfused in PyTorch in the input dtype."""
+the same computation done unfused in PyTorch in the input dtype, or within a few float32 roundings of the w2 dot's
+summands (its condition: where the dot cancels large terms, no float32 computation does better)."""
+import os
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -21,18 +24,30 @@ def make_inputs(tokens_shape, D, H, dtype, seed=0, weight_dtype=None):
     return hidden, norm_weight, w1, b1, w2, b2
 
 
+def dot_condition(hidden, norm_weight, w1, b1, w2, b2):
+    """Per token, sum_h |w2_h * gelu_h| + |b2| in float64: the size of the summands the w2 dot adds up. A float32
+    result carries rounding errors of that size, however small the sum they cancel down to."""
+    x = hidden.double()
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm_weight.double()
+    gelu = torch.nn.functional.gelu(normed @ w1.double().T + b1.double())
+    return (gelu * w2.double()).abs().sum(-1) + b2.double().abs()
+
+
 def assert_within_tolerance(inputs, device):
+    """The same rule on every device: per token, the error against float64 is at most twice the worst error of the
+    unfused computation in the input dtype, or 16 float32 roundings of the w2 dot's summands."""
     exact = python_ref.saliency_score(*inputs, compute_dtype=torch.float64)
     plain = python_ref.saliency_score(*inputs, compute_dtype=inputs[0].dtype)
     got = sdtp_kernels.saliency_score(*(t.to(device) for t in inputs)).cpu()
     assert got.dtype == torch.float32 and got.shape == inputs[0].shape[:-1]
     if got.numel() == 0:
         return
-    err = (got.double() - exact).abs().max().item()
+    err = (got.double() - exact).abs()
     allowed = 2 * (plain.double() - exact).abs().max().item()
-    # A few float32 roundings of the result (the w2 dot and b2 can cancel) no float32 computation avoids
-    floor = 16 * torch.finfo(torch.float32).eps * exact.abs().max().item()
-    assert err <= max(allowed, floor), (err, allowed, floor)
+    floor = 16 * torch.finfo(torch.float32).eps * dot_condition(*inputs)
+    worst = (err - torch.clamp(floor, min=allowed)).argmax()
+    assert (err <= torch.clamp(floor, min=allowed)).all(), (err.flatten()[worst].item(), allowed,
+                                                            floor.flatten()[worst].item())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -58,7 +73,15 @@ def test_non_contiguous_hidden_and_python_float_b2(device):
     torch.testing.assert_close(got.cpu(), ref, rtol=1e-4, atol=1e-4)
 
 
-@settings(max_examples=40, deadline=None)
+@pytest.mark.parametrize("seed", [194, 258, 342, 673, 691])
+def test_cancelling_w2_dot_regression(seed):
+    """fp32, T=2, D=94, H=59: seeds where the w2 dot cancels summands far larger than its result, so that a floor
+    proportional to |result| failed about one draw in 125 (these five among the first 700)."""
+    assert_within_tolerance(make_inputs((2,), 94, 59, torch.float32, seed), "cpu")
+
+
+# SDTP_HYPOTHESIS_EXAMPLES=2000 for a long local run; CI keeps the usual count.
+@settings(max_examples=int(os.environ.get("SDTP_HYPOTHESIS_EXAMPLES", "40")), deadline=None)
 @given(
     T=st.integers(0, 70), D=st.integers(1, 130), H=st.integers(1, 70),
     dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), seed=st.integers(0, 2**31),
