@@ -34,7 +34,8 @@ def _flag(name: str) -> str:
 
 def _common(parser: argparse.ArgumentParser, schedule: tuple[str, ...]) -> None:
     parser.add_argument("--model", required=True, help="local model directory (transformers save_pretrained)")
-    parser.add_argument("--data", required=True, help="JSON / JSONL records: input_ids [+ labels | answer], text, "
+    parser.add_argument("--data", required=True, help="JSON / JSONL records: input_ids [+ labels | answer] (a text "
+                        "beside them is ignored), text, "
                         "or prompt + response")
     parser.add_argument("--out", required=True, help="output directory")
     group = parser.add_argument_group("SDTP schedule (docs/ARCHITECTURE.md §4)")

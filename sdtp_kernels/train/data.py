@@ -3,7 +3,8 @@ batched with left padding.
 
 Accepted records (other fields are ignored, so generator metadata may ride along):
 
-- ``{"input_ids": [...]}``: pre-tokenised, loss on every token; needs no tokenizer;
+- ``{"input_ids": [...]}``: pre-tokenised, loss on every token; needs no tokenizer (a ``text`` or ``prompt``
+  beside the ids is ignored: the usual shape of a tokenised corpus that kept its text column);
 - ``{"input_ids": [...], "labels": [...]}``: per-token labels (``-100`` = no loss), the model shifts them;
 - ``{"input_ids": [...], "answer": [...] or int}``: the answer tokens follow the prompt and carry the loss;
 - ``{"input_ids": [...], "labels": [...], "answer": [...]}``: both; ``labels`` (one per prompt token) label tokens
@@ -110,7 +111,8 @@ def _token_ids(where: str, name: str, value, vocab_size: int, allow_ignore: bool
 def _example(where: str, record, tokenize: _Tokenizer, vocab_size: int) -> Example:
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object with {ACCEPTED}, got a {type(record).__name__}")
-    kinds = [k for k in ("input_ids", "text", "prompt") if k in record]
+    # Pre-tokenised ids win: a tokenised corpus that kept its text column trains on the ids, the text ignored.
+    kinds = ["input_ids"] if "input_ids" in record else [k for k in ("text", "prompt") if k in record]
     if len(kinds) != 1:
         found = "none of them" if not kinds else " and ".join(f"`{k}`" for k in kinds)
         raise ValueError(f"{where}: a record holds one of {ACCEPTED}; this one has {found} (fields: {sorted(record)})")

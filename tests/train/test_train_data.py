@@ -41,7 +41,7 @@ def test_token_id_records(tmp_path):
     "record, message",
     [
         ({"ids": [1, 2]}, r"d.jsonl line 2: a record holds one of `input_ids` .*none of them \(fields: \['ids'\]\)"),
-        ({"input_ids": [1, 2], "text": "a"}, "line 2: .*has `input_ids` and `text`"),
+        ({"text": "a", "prompt": "b"}, "line 2: .*has `text` and `prompt`"),
         ({"input_ids": [1, 99]}, "line 2: `input_ids` holds 99, outside the model's vocabulary"),
         ({"input_ids": [1, 2], "labels": [1]}, "line 2: `labels` has 1 entries for 2 `input_ids`"),
         ({"input_ids": [1, 2], "labels": [2, IGNORE_INDEX]}, "line 2: no labelled token after the first"),
@@ -53,6 +53,13 @@ def test_bad_records_name_their_line(tmp_path, record, message):
     path = _write(tmp_path / "d.jsonl", [{"input_ids": [1, 2]}, record])
     with pytest.raises(ValueError, match=message):
         list(read_examples(path, str(tmp_path), vocab_size=10))
+
+
+def test_a_record_with_ids_and_its_text_trains_on_the_ids(tmp_path):
+    """A tokenised corpus that kept its text column: the ids are used (no tokenizer needed), the text ignored."""
+    path = _write(tmp_path / "d.jsonl", [{"input_ids": [1, 2, 3], "text": "one two three"}])
+    [example] = read_examples(path, str(tmp_path), vocab_size=10)
+    assert example.input_ids == [1, 2, 3] and example.labels == [1, 2, 3]
 
 
 def test_collate_left_pads():
