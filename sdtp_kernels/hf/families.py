@@ -30,7 +30,15 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Ten
     return ops.compact(x, index.to(x.device), dim)
 
 
-class RopeFamily:
+class _Family:
+    cache_kwargs: tuple[str, ...]
+
+    def layer_cache(self, kwargs: dict[str, Any]) -> Any:
+        """The KV cache a decoder layer received, under whichever keyword this family passes it; None without one."""
+        return next((kwargs[k] for k in self.cache_kwargs if kwargs.get(k) is not None), None)
+
+
+class RopeFamily(_Family):
     """Decoder layers at `model.model.layers` that get `position_embeddings` = (cos, sin) [B or 1, N, head_dim]
     (per layer type where a model has several rotary tables) and `position_ids`. Keys enter the cache already
     rotated, so only a pruned prefill needs its positions gathered."""
@@ -56,7 +64,7 @@ class RopeFamily:
         return out
 
 
-class AlibiFamily:
+class AlibiFamily(_Family):
     """Decoder layers at `model.transformer.h` that get `alibi` [B * heads, 1, keys] = slope * position of each key
     (BLOOM). A pruned layer's keys are a subset of the unpruned ones, so its bias is the unpruned bias gathered at the
     kept keys' columns."""
@@ -127,7 +135,3 @@ def layer_windows(config: Any, num_layers: int) -> list[Optional[int]]:
         raise ValueError(f"SDTP supports the layer types {_LAYER_TYPES}; this {config.model_type} model has {unknown}")
     return [window if kind == "sliding_attention" else None for kind in types]
 
-
-def check_model_config(config: Any, num_layers: int) -> None:
-    """Configurations the pruned forward cannot represent."""
-    layer_windows(config, num_layers)

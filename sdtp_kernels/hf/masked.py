@@ -130,11 +130,8 @@ class MaskedPruning:
             return torch.ones(batch, length, dtype=torch.bool, device=device)
         return self._padding_mask.to(device)
 
-    def _cache(self, kwargs: dict):
-        return next((kwargs[k] for k in self.family.cache_kwargs if kwargs.get(k) is not None), None)
-
     def _past_length(self, index: int, kwargs: dict) -> int:
-        cache = self._cache(kwargs)
+        cache = self.family.layer_cache(kwargs)
         return 0 if cache is None else cache.get_seq_length(index)
 
     def _hook(self, index: int, stage: int, is_stage_layer: bool):
@@ -150,7 +147,7 @@ class MaskedPruning:
             prompt = self.alive[stage]
             generated = torch.ones(batch, past + length - prompt.shape[1], dtype=prompt.dtype, device=prompt.device)
             keys = torch.cat([prompt, generated], 1)
-            cache = self._cache(kwargs)
+            cache = self.family.layer_cache(kwargs)
             if cache is not None:  # the keys its cache returns: a sliding-window layer keeps its last window - 1
                 keys = keys[:, -(cached_keys(cache, index) + length):]
             policy = keep_policy(keys, length, self.windows[index])

@@ -11,7 +11,7 @@ from torch import nn
 from ..config import SDTPConfig
 from ..predictor import SaliencyPredictor
 from ..predictor_file import read_predictors, write_predictors
-from .families import check_model_config, family_of, layer_windows
+from .families import family_of, layer_windows
 from .layer import SDTPDecoderLayer
 from .masks import SUPPORTED_ATTENTION
 from .runtime import SDTPRuntime
@@ -84,13 +84,13 @@ def apply_sdtp(
     family = family_of(model)
     if getattr(model, _RUNTIME, None) is not None:
         raise ValueError("this model already has SDTP; call remove_sdtp(model) before applying it again")
-    check_model_config(model.config, len(family.decoder_layers(model)))
     if model.config._attn_implementation not in SUPPORTED_ATTENTION:
         raise ValueError(
             f"SDTP supports the attention implementations {SUPPORTED_ATTENTION}, this model uses "
             f"{model.config._attn_implementation!r}"
         )
     layers = family.decoder_layers(model)
+    windows = layer_windows(model.config, len(layers))  # a layer type SDTP cannot represent fails here
     if isinstance(config_or_dir, SDTPConfig):
         config, saved = config_or_dir.replace(**schedule), None
     else:
@@ -112,7 +112,6 @@ def apply_sdtp(
                 from None
 
     runtime = SDTPRuntime(model, family, config, stage_layers, scorer)
-    windows = layer_windows(model.config, len(layers))
     for index in range(config.start_layer, len(layers)):
         stage = bisect.bisect_right(stage_layers, index)
         predictor = predictors[stage - 1] if index in stage_layers else None

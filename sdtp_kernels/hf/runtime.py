@@ -68,20 +68,17 @@ class _Forward:
         # The keys the layer's attention sees: what its cache holds (a sliding-window layer keeps only its last
         # window - 1) and this forward's tokens.
         total = self.state.key_slots[group].shape[1]
-        cache = self._cache(kwargs)
+        cache = self.runtime.family.layer_cache(kwargs)
         visible = total if cache is None else min(total, cached_keys(cache, layer.index) + hidden.shape[1])
         key = (group, layer.window, visible)
         if key not in self.group_inputs:
             self.group_inputs[key] = self._group_inputs(group, layer.window, visible, kwargs, hidden.dtype)
         return hidden, {**kwargs, **self.group_inputs[key]}
 
-    def _cache(self, kwargs: dict) -> Any:
-        return next((kwargs[k] for k in self.runtime.family.cache_kwargs if kwargs.get(k) is not None), None)
-
     def _start(self, hidden: torch.Tensor, kwargs: dict) -> None:
         run = self.runtime
         batch, length = hidden.shape[:2]
-        cache = self._cache(kwargs)
+        cache = run.family.layer_cache(kwargs)
         if self.past_length == 0:
             if run.enabled:
                 self.plan = _Plan(run.config, self._prompt_lengths(batch, length), run.tails(batch), run.num_stages)

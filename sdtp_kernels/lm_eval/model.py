@@ -63,14 +63,12 @@ class SDTPLM(HFLM):
             return
         if predictors is None and isinstance(pretrained, str) and os.path.isdir(os.path.join(pretrained, "sdtp")):
             predictors = os.path.join(pretrained, "sdtp")
-        chosen = make_scorer(scorer, **({"seed": int(seed)} if scorer == "random" else {}))
-        if predictors is not None:
-            apply_sdtp(self.model, predictors, scorer=chosen, **schedule)
-        elif scorer == "predictor":
+        if predictors is None and scorer == "predictor":
             raise ValueError("sdtp: scorer=predictor needs trained predictors: pass predictors=DIR (or put them in "
                              "PRETRAINED/sdtp), or use scorer=random / scorer=attention")
-        else:
-            apply_sdtp(self.model, SDTPConfig(**schedule), scorer=chosen)
+        chosen = make_scorer(scorer, **({"seed": int(seed)} if scorer == "random" else {}))
+        # Without predictors (the baselines), fresh ones of the default schedule, overridden like saved ones.
+        apply_sdtp(self.model, predictors if predictors is not None else SDTPConfig(), scorer=chosen, **schedule)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         if self._pruning:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -185,7 +185,7 @@ def collate(examples: Sequence[Example], records: Sequence[int]) -> Batch:
     return Batch(input_ids, attention_mask, labels, prompt_mask, list(records))
 
 
-def batches(examples: Iterator[Example], batch_size: int) -> Iterator[Batch]:
+def batches(examples: Iterable[Example], batch_size: int) -> Iterator[Batch]:
     """Consecutive records in batches of `batch_size` (the last may be smaller), for one pass in file order."""
     chunk: list[Example] = []
     first = 0

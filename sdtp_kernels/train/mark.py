@@ -49,7 +49,7 @@ def mark(
         tqdm.write(f"sdtp mark: skipped {describe_skipped(skipped)}", file=sys.stderr)
     writer = ShardWriter(out, {**metadata, "skipped_records": [e.source for e in skipped]}, records_per_shard)
     with tqdm(total=len(examples), desc="sdtp mark", unit="record") as progress:
-        for batch in batches(iter(examples), batch_size):
+        for batch in batches(examples, batch_size):
             saliency = token_saliency(model, config, batch.to(device), options).cpu()
             for row in range(len(batch.records)):
                 real = batch.attention_mask[row].bool()
