@@ -1,5 +1,5 @@
 // Host-side code that the CPU (csrc/cpu) and CUDA (csrc/cuda) ops both run: the dtype dispatch, output shapes,
-// the `width` check of select_tokens and the cu_seqlens of compact_varlen. Kept in one place so that both backends
+// the `width` check of select_tokens, the index range check of compact and the cu_seqlens of compact_varlen. Kept in one place so that both backends
 // answer with the same shapes, values and error messages.
 #pragma once
 #include <ATen/ATen.h>
@@ -7,6 +7,8 @@
 #include <c10/util/Optional.h>
 
 #include <vector>
+
+#include "validate.h"
 
 // The dtypes the ops accept for activations and scores: float32, float16, bfloat16 (no float64 instantiations).
 #define SDTP_DISPATCH_FLOATING(TYPE, NAME, ...)                 \
@@ -47,6 +49,14 @@ inline std::vector<int64_t> compact_varlen_sizes(const at::Tensor& x, int64_t T)
   return sizes;
 }
 
+// compact: checks that index values lie in [-1, N), with one read of its extremes (a device-to-host copy on CUDA).
+inline void check_index_range(const at::Tensor& index, int64_t N, const char* op) {
+  if (index.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(index);
+  const auto host = at::stack({lo, hi}).cpu();
+  check_index_bounds(host.data_ptr<int64_t>()[0], host.data_ptr<int64_t>()[1], N, op);
+}
+
 // compact_varlen: rows keep their non-negative index entries, in order; cu_seqlens are their running totals.
 struct SeqLens {
   at::Tensor cu_seqlens;   // int32 [B + 1] on index's device, cu_seqlens[0] = 0
@@ -57,8 +67,9 @@ struct SeqLens {
   int64_t max_seqlen = 0;  // longest row
 };
 
-// On either device; one device-to-host read (none when B == 0).
-inline SeqLens seqlens_from_index(const at::Tensor& index) {
+// On either device, with one device-to-host read (none when B == 0) that also brings back index's extremes, so a
+// value outside [-1, N) is an error before anything is packed: every row of the result is written.
+inline SeqLens seqlens_from_index(const at::Tensor& index, int64_t N, const char* op) {
   const int64_t B = index.size(0);
   SeqLens s;
   s.cu_seqlens = at::zeros({B + 1}, index.options().dtype(at::kInt));
@@ -67,9 +78,16 @@ inline SeqLens seqlens_from_index(const at::Tensor& index) {
   s.counts = s.kept.sum(1);
   s.ends = s.counts.cumsum(0);
   s.cu_seqlens.slice(0, 1).copy_(s.ends);
-  const auto stats = at::stack({s.ends[B - 1], s.counts.max()}).cpu();
-  s.total = stats.data_ptr<int64_t>()[0];
-  s.max_seqlen = stats.data_ptr<int64_t>()[1];
+  std::vector<at::Tensor> stats = {s.ends[B - 1], s.counts.max()};
+  if (index.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(index);
+    stats.insert(stats.end(), {lo, hi});
+  }
+  const auto host = at::stack(stats).cpu();
+  const int64_t* v = host.data_ptr<int64_t>();
+  if (index.numel() > 0) check_index_bounds(v[2], v[3], N, op);
+  s.total = v[0];
+  s.max_seqlen = v[1];
   return s;
 }
 

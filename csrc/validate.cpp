@@ -24,11 +24,8 @@ void check_row_argument(const at::Tensor& t, const char* name, int64_t B, const 
                     "' must be a scalar or of shape [B] = [", B, "], got ", t.sizes());
   TORCH_CHECK(t.device().is_cpu() || t.device() == scores.device(), op, ": argument '", name,
               "' must be on the CPU or on the device of 'scores' (", scores.device(), "), got ", t.device());
-  // Values are only checked where reading them is free (host memory); device-side kernels assert.
-  if (t.device().is_cpu() && t.numel() > 0) {
-    TORCH_CHECK_VALUE(t.min().item<int64_t>() >= 0, op, ": argument '", name, "' must be >= 0, got ",
-                      t.min().item<int64_t>());
-  }
+  // Values in host memory are checked here, for free; the CUDA op checks device values after its one host read.
+  if (t.device().is_cpu() && t.numel() > 0) check_row_min(name, t.min().item<int64_t>());
 }
 
 }  // namespace
@@ -101,6 +98,15 @@ int64_t check_compact_inputs(const at::Tensor& x, const at::Tensor& index, int64
   TORCH_CHECK_VALUE(d >= 1 && d < x.dim(), op, ": argument 'dim' must name a sequence dim in [1, ", x.dim() - 1,
                     "] (or its negative), got ", dim);
   return d;
+}
+
+void check_row_min(const char* name, int64_t min_value) {
+  TORCH_CHECK_VALUE(min_value >= 0, "sdtp.select_tokens: argument '", name, "' must be >= 0, got ", min_value);
+}
+
+void check_index_bounds(int64_t lo, int64_t hi, int64_t N, const char* op) {
+  TORCH_CHECK_INDEX(lo >= -1 && hi < N, op, ": argument 'index' values must lie in [-1, ", N, "), got [", lo, ", ",
+                    hi, "]");
 }
 
 at::Tensor per_row(const at::Tensor& t, int64_t B, at::Device device) {

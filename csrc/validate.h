@@ -19,6 +19,13 @@ void check_select_inputs(const at::Tensor& scores, const at::Tensor& keep, const
 // Checks compact arguments; returns the normalised (non-negative) dim.
 int64_t check_compact_inputs(const at::Tensor& x, const at::Tensor& index, int64_t dim, const char* op);
 
+// select_tokens: a per-row argument's smallest value must be >= 0. The CPU checks it where it validates; the CUDA op
+// checks device values after its one host read, with the same message.
+void check_row_min(const char* name, int64_t min_value);
+
+// compact / compact_varlen: index values lie in [-1, N); lo and hi are its smallest and largest value.
+void check_index_bounds(int64_t lo, int64_t hi, int64_t N, const char* op);
+
 // Per-row [B] int64 view of a 0-d or [B] integer argument, on `device`.
 at::Tensor per_row(const at::Tensor& t, int64_t B, at::Device device);
 

@@ -18,13 +18,6 @@ struct RowCopy {
   int64_t outer, N, row_bytes;
 };
 
-void check_index_range(const at::Tensor& index, int64_t N, const char* op) {
-  if (index.numel() == 0) return;
-  const int64_t lo = index.min().item<int64_t>(), hi = index.max().item<int64_t>();
-  TORCH_CHECK_INDEX(lo >= -1 && hi < N, op, ": argument 'index' values must lie in [-1, ", N, "), got [", lo, ", ",
-                    hi, "]");
-}
-
 // Copies one row: x[b, o, i] to dst, or zeros when i == -1.
 inline void copy_row(const RowCopy& c, int64_t b, int64_t o, int64_t i, char* dst) {
   if (i < 0)
@@ -61,8 +54,7 @@ std::tuple<at::Tensor, at::Tensor, c10::SymInt> compact_varlen_cpu(const at::Ten
   const auto x = x_in.contiguous();
   const auto index = index_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), K = index.size(1);
-  check_index_range(index, N, "sdtp.compact_varlen");
-  const SeqLens s = seqlens_from_index(index);
+  const SeqLens s = seqlens_from_index(index, N, "sdtp.compact_varlen");
   const auto& cu_seqlens = s.cu_seqlens;
   const int64_t max_seqlen = s.max_seqlen;
   auto packed = at::empty(compact_varlen_sizes(x, s.total), x.options());

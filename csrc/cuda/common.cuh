@@ -31,6 +31,14 @@ inline int device_sm_count() {
   return sms;
 }
 
+// True while `stream` is being captured into a CUDA graph. Then no value can be read back to the host, so the ops
+// skip their host-side value checks and the kernels assert instead (docs/ARCHITECTURE.md §3.4).
+inline bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
 // a / b for a >= 0, b > 0: 32-bit division when both fit (64-bit division is a long software sequence).
 __device__ __forceinline__ int64_t div_nonneg(int64_t a, int64_t b) {
   if (((a | b) >> 32) == 0) return int64_t(uint32_t(a) / uint32_t(b));

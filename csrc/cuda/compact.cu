@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kThreads) gather_rows_kernel(GatherArgs a) {
     const int64_t bo = cuda::div_nonneg(r, a.K), j = r - bo * a.K;
     const int64_t b = a.outer == 1 ? bo : cuda::div_nonneg(bo, a.outer);
     const int64_t idx = a.index[b * a.K + j];
-    SDTP_KERNEL_ASSERT(idx >= -1 && idx < a.N);
+    SDTP_KERNEL_ASSERT(idx >= -1 && idx < a.N);   // checked on the host, except under graph capture
     const bool in_range = idx >= 0 && idx < a.N;  // out-of-range entries (asserts disabled) never read
     int64_t dst_row = r;
     if (a.dest_rows != nullptr) {
@@ -105,6 +105,8 @@ at::Tensor compact_cuda(const at::Tensor& x_in, const at::Tensor& index_in, int6
   const auto x = x_in.contiguous();
   const auto index = index_in.contiguous();
   const int64_t B = x.size(0), N = x.size(d), K = index.size(1);
+  // One host read of index's extremes, as on the CPU; under graph capture the kernel asserts instead.
+  if (!cuda::capturing(c10::cuda::getCurrentCUDAStream())) check_index_range(index, N, "sdtp.compact");
   auto out = at::empty(compact_sizes(x, d, K), x.options());
   if (out.numel() == 0) return out;
   GatherArgs a{};
@@ -128,8 +130,11 @@ std::tuple<at::Tensor, at::Tensor, c10::SymInt> compact_varlen_cuda(const at::Te
   const auto x = x_in.contiguous();
   const auto index = index_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), K = index.size(1);
-  // The one device-to-host read (none when B == 0): total tokens and the longest row.
-  const SeqLens s = seqlens_from_index(index);
+  TORCH_CHECK(!cuda::capturing(c10::cuda::getCurrentCUDAStream()),
+              "sdtp.compact_varlen cannot run under CUDA graph capture: the size of its output is read back to the "
+              "host");
+  // The one device-to-host read (none when B == 0): total tokens, the longest row and index's range.
+  const SeqLens s = seqlens_from_index(index, N, "sdtp.compact_varlen");
   const auto& cu_seqlens = s.cu_seqlens;
   const int64_t max_seqlen = s.max_seqlen;
   auto packed = at::empty(compact_varlen_sizes(x, s.total), x.options());

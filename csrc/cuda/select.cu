@@ -2,7 +2,8 @@
 // rank key (score_key << 32 | ~position); the m-th largest key is the pivot. It is found without sorting:
 //   plan      one CTA per row: valid count L, plan_row(), the positions that bound the protected sinks/locals,
 //             counts[b], and zeroes the row's radix histograms. K = max counts is worked out on the host when it
-//             can be (no mask, keep/num_local on the CPU); else it is the one value the host reads back;
+//             can be (no mask, keep/num_local on the CPU); else the host reads it back together with the smallest
+//             device keep/num_local, in one copy, and raises the CPU op's errors before any other kernel (§3.4);
 //   radix x3  several CTAs per row: histograms of 11/11/10-bit digits of the 32-bit score key (shared-memory
 //             histogram per CTA, integer atomics into a per-row global histogram; each pass resolves the digit
 //             of the previous one). The result is the pivot's score key k* and how many of the tokens whose key
@@ -72,7 +73,8 @@ struct SelectArgs {
   const int64_t* num_local;  // [B] or nullptr (then num_local_scalar)
   int64_t num_local_scalar;
   int64_t num_sink;
-  bool check_width;
+  bool device_asserts;     // under graph capture: values are asserted here instead of checked on the host
+  bool width_given;
   RowInfo* info;           // [B]
   RadixState* state;       // [B][kSlots]
   uint32_t* hist;          // [B][kPasses][kBins], zeroed by the plan kernel
@@ -98,8 +100,11 @@ __global__ void __launch_bounds__(kThreads) plan_kernel(SelectArgs a) {
   const bool* mask = a.mask ? a.mask + b * N : nullptr;
   int64_t keep = a.keep ? a.keep[b] : a.keep_scalar;
   int64_t num_local = a.num_local ? a.num_local[b] : a.num_local_scalar;
-  SDTP_KERNEL_ASSERT(keep >= 0);
-  SDTP_KERNEL_ASSERT(num_local >= 0);
+  if (a.device_asserts) {
+    SDTP_KERNEL_ASSERT(keep >= 0);
+    SDTP_KERNEL_ASSERT(num_local >= 0);
+  }
+  // Negative values (an error the host raises after this kernel) are clamped, so the plan stays in bounds.
   keep = keep < 0 ? 0 : keep;
   num_local = num_local < 0 ? 0 : num_local;
 
@@ -137,7 +142,7 @@ __global__ void __launch_bounds__(kThreads) plan_kernel(SelectArgs a) {
     p_s = found[0];
     p_l = found[1];
   }
-  if (a.check_width) SDTP_KERNEL_ASSERT(p.kept <= a.K);
+  if (a.device_asserts && a.width_given) SDTP_KERNEL_ASSERT(p.kept <= a.K);
   uint32_t* hist = a.hist + b * kPasses * kBins;  // zeroed here for the radix passes
   for (int i = threadIdx.x; i < kPasses * kBins; i += kThreads) hist[i] = 0u;
   if (threadIdx.x == 0) {
@@ -407,8 +412,14 @@ std::tuple<at::Tensor, at::Tensor> select_tokens_cuda(const at::Tensor& scores_i
   }
   a.N = N;
   a.num_sink = num_sink;
-  a.check_width = width.has_value();
+  a.width_given = width.has_value();
   a.K = width.value_or(0);
+  // Values on the device are checked on the host after the plan kernel, with one read; none can be read while the
+  // stream is captured into a CUDA graph, so the plan kernel asserts them then (docs/ARCHITECTURE.md §3.4).
+  a.device_asserts = cuda::capturing(stream);
+  TORCH_CHECK_VALUE(!a.device_asserts || width.has_value(),
+                    "sdtp.select_tokens: argument 'width' is required under CUDA graph capture (the output width "
+                    "cannot be read back to the host while capturing)");
   a.counts = counts.data_ptr<int64_t>();
 
   // Chunks: enough CTAs over all rows to fill the device a few times over, each a whole number of tiles.
@@ -436,8 +447,22 @@ std::tuple<at::Tensor, at::Tensor> select_tokens_cuda(const at::Tensor& scores_i
   plan_kernel<<<B, kThreads, 0, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (K < 0) {
-    // Kept counts only known on the device: a given `width` is asserted against them in plan_kernel.
-    K = width.has_value() ? *width : counts.max().item<int64_t>();  // else the one device-to-host read
+    if (a.device_asserts) {
+      K = *width;
+    } else {
+      // The one device-to-host read: the largest kept count and the smallest device keep / num_local, checked
+      // with the CPU op's messages before any other kernel runs.
+      std::vector<at::Tensor> stats = {counts.max()};
+      const bool keep_on_device = !keep_host.defined(), local_on_device = !local_host.defined();
+      if (keep_on_device) stats.push_back(keep_holder.min());
+      if (local_on_device) stats.push_back(local_holder.min());
+      const auto host = at::stack(stats).cpu();
+      const int64_t* v = host.data_ptr<int64_t>();
+      int64_t next = 1;
+      if (keep_on_device) check_row_min("keep", v[next++]);
+      if (local_on_device) check_row_min("num_local", v[next++]);
+      K = check_width(width, v[0]);
+    }
   }
   auto index = at::empty({B, K}, long_opts);
   if (K == 0) return {index, counts};

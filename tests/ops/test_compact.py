@@ -66,6 +66,22 @@ def test_compact_varlen_matches_reference(shape, dtype, device):
     assert cu.dtype == torch.int32 and cu.device == packed.device
 
 
+def test_compact_varlen_writes_every_row(device):
+    """Any index the contract allows (-1 anywhere in a row, repeated positions, a row that keeps nothing) packs
+    every row: on CUDA the memory the allocator hands out next is first filled with NaN, so a skipped row shows."""
+    g = torch.Generator().manual_seed(4)
+    B, N, K, D = 4, 40, 24, 16
+    x = torch.randn(B, N, D, generator=g)
+    index = torch.randint(-1, N, (B, K), generator=g)
+    index[1] = -1
+    ref = python_ref.compact_varlen(x, index)
+    if device.type == "cuda":
+        torch.full(ref[0].shape, float("nan"), device=device)  # freed at once, back in the allocator's cache
+    packed, cu, max_len = sdtp_kernels.compact_varlen(x.to(device), index.to(device))
+    assert not packed.isnan().any()
+    assert torch.equal(packed.cpu(), ref[0]) and torch.equal(cu.cpu(), ref[1]) and max_len == ref[2]
+
+
 def test_compact_varlen_empty_batch(device):
     packed, cu, max_len = sdtp_kernels.compact_varlen(torch.empty(0, 4, 3, device=device),
                                                       torch.empty(0, 2, dtype=torch.int64, device=device))

@@ -77,3 +77,38 @@ def test_cuda_cpu_mix_is_rejected():
         sdtp_kernels.compact(X.cuda(), IDX)
     with pytest.raises(RuntimeError, match="'valid'"):
         sdtp_kernels.select_tokens(S.cuda(), 2, valid=torch.ones(2, 8, dtype=torch.bool))
+
+
+def _ones_mask(device):
+    return torch.ones(2, 8, dtype=torch.bool, device=device)
+
+
+# Values only the device holds (a mask, device keep / num_local, index entries): the CUDA op reads them back once
+# and raises exactly what the CPU op raises, instead of a device-side assert (docs/ARCHITECTURE.md §3.4).
+DEVICE_VALUE_CASES = {
+    "width-device-keep": lambda d: sdtp_kernels.select_tokens(
+        S.to(d), torch.tensor(6, device=d), valid=_ones_mask(d), num_local=torch.tensor([1, 2], device=d), width=3),
+    "width-mask": lambda d: sdtp_kernels.select_tokens(S.to(d), 6, valid=_ones_mask(d), width=3),
+    "keep-device-negative": lambda d: sdtp_kernels.select_tokens(S.to(d), torch.tensor([1, -2], device=d)),
+    "num_local-device-negative": lambda d: sdtp_kernels.select_tokens(
+        S.to(d), 2, num_local=torch.tensor(-3, device=d), width=8),
+    "compact-index-above": lambda d: sdtp_kernels.compact(X.to(d), torch.tensor([[0, 8], [0, 1]], device=d)),
+    "compact-index-below": lambda d: sdtp_kernels.compact(X.to(d), torch.tensor([[0, -2], [0, 1]], device=d)),
+    "compact_varlen-index-above": lambda d: sdtp_kernels.compact_varlen(
+        X.to(d), torch.tensor([[-1, 9], [0, 1]], device=d)),
+}
+
+
+def _raised(call):
+    with pytest.raises(Exception) as info:
+        call()
+    return info.value
+
+
+@pytest.mark.parametrize("case", DEVICE_VALUE_CASES)
+def test_device_values_raise_as_on_cpu(case, device):
+    expected = _raised(lambda: DEVICE_VALUE_CASES[case]("cpu"))
+    got = _raised(lambda: DEVICE_VALUE_CASES[case](device))
+    assert type(got) is type(expected) and str(got) == str(expected), (got, expected)
+    assert isinstance(expected, (ValueError, IndexError))
+    assert torch.ones(3, device=device).sum().item() == 3  # the device is still usable
