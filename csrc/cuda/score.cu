@@ -1,4 +1,5 @@
-// CUDA saliency_score (docs/ARCHITECTURE.md §3.1), fused:
+// CUDA saliency_score (docs/ARCHITECTURE.md §3.1): the op, which picks the fused kernels below or the gemm path
+// (score_gemm.cu) per call (score_paths.h). Fused:
 //   s = gelu_erf((x / rms(x)) @ (w1 * g).T + b1) @ w2 + b2.
 // The RMSNorm weight g is folded into w1 once per call (fold_kernel, in the GEMM's input dtype, zero-padded to a
 // multiple of 8 columns). The main kernel multiplies a 128-token x 128-hidden tile of x by the folded weights on
@@ -21,6 +22,7 @@
 
 #include "../validate.h"
 #include "common.cuh"
+#include "score_paths.h"
 
 namespace sdtp {
 namespace {
@@ -377,6 +379,8 @@ __global__ void __launch_bounds__(kThreads) score_simt_kernel(const Args a) {
 
 }  // namespace simt
 
+}  // namespace
+
 // ---------------------------------------------------------------------------------------------------------------
 template <typename Tout>
 void fold_weights(const at::Tensor& w1, const at::Tensor& g, at::Tensor& wf, int64_t D, int64_t Dp,
@@ -392,6 +396,14 @@ void fold_weights(const at::Tensor& w1, const at::Tensor& g, at::Tensor& wf, int
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+
+template void fold_weights<float>(const at::Tensor&, const at::Tensor&, at::Tensor&, int64_t, int64_t, cudaStream_t);
+template void fold_weights<at::Half>(const at::Tensor&, const at::Tensor&, at::Tensor&, int64_t, int64_t,
+                                     cudaStream_t);
+template void fold_weights<at::BFloat16>(const at::Tensor&, const at::Tensor&, at::Tensor&, int64_t, int64_t,
+                                         cudaStream_t);
+
+namespace {
 
 at::Tensor saliency_score_cuda(const at::Tensor& hidden, const at::Tensor& norm_weight, const at::Tensor& w1_in,
                                const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2, double eps) {
@@ -414,6 +426,11 @@ at::Tensor saliency_score_cuda(const at::Tensor& hidden, const at::Tensor& norm_
   const float inv_d = static_cast<float>(1.0 / static_cast<double>(D));
   const float eps_f = static_cast<float>(eps);
   const auto dtype = x.scalar_type();
+  if (choose_score_path(dtype) == ScorePath::kGemm) {
+    auto out_flat = out.view({T});
+    score_gemm(x, w1, g, b1f, w2f, b2f, eps_f, out_flat, stream);
+    return out;
+  }
 
   int n_htiles = 0;
   at::Tensor partial;

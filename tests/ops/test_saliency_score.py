@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import python_ref
 import sdtp_kernels
+from conftest import CUDA
 
 
 def make_inputs(tokens_shape, D, H, dtype, seed=0, weight_dtype=None):
@@ -74,10 +75,43 @@ def test_non_contiguous_hidden_and_python_float_b2(device):
 
 
 @pytest.mark.parametrize("seed", [194, 258, 342, 673, 691])
-def test_cancelling_w2_dot_regression(seed):
+def test_cancelling_w2_dot_regression(seed, device):
     """fp32, T=2, D=94, H=59: seeds where the w2 dot cancels summands far larger than its result, so that a floor
     proportional to |result| failed about one draw in 125 (these five among the first 700)."""
-    assert_within_tolerance(make_inputs((2,), 94, 59, torch.float32, seed), "cpu")
+    assert_within_tolerance(make_inputs((2,), 94, 59, torch.float32, seed), device)
+
+
+def test_eps_zero_with_an_all_zero_row(device):
+    """eps = 0 and a row of zeros: 0 / rms(0) is NaN, in the reference and in the op alike; other rows unharmed."""
+    inputs = make_inputs((3,), 64, 8, torch.float32)
+    inputs[0][1] = 0
+    got = sdtp_kernels.saliency_score(*(t.to(device) for t in inputs), eps=0.0).cpu()
+    ref = python_ref.saliency_score(*inputs, eps=0.0)
+    assert torch.isnan(got[1]) and torch.isnan(ref[1])
+    torch.testing.assert_close(got[[0, 2]], ref[[0, 2]], rtol=1e-4, atol=1e-4)
+
+
+# Both CUDA implementations (csrc/cuda/score_paths.h), each forced through SDTP_SCORE_PATH.
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("path", ["fused", "gemm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tokens,D,H", [(66, 64, 16), (66, 37, 2048), (9, 8, 3), (300, 4096, 1024), (70000, 64, 8)])
+def test_cuda_score_paths(path, dtype, tokens, D, H, monkeypatch):
+    monkeypatch.setenv("SDTP_SCORE_PATH", path)
+    inputs = make_inputs((tokens,), D, H, dtype)
+    assert_within_tolerance(inputs, "cuda")
+    cuda_inputs = [t.cuda() for t in inputs]
+    first, second = (sdtp_kernels.saliency_score(*cuda_inputs) for _ in range(2))
+    assert torch.equal(first, second)  # deterministic: no atomics, fixed reduction order
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_cuda_score_path_variable_is_checked(monkeypatch):
+    monkeypatch.setenv("SDTP_SCORE_PATH", "fastest")
+    with pytest.raises(ValueError, match="SDTP_SCORE_PATH"):
+        sdtp_kernels.saliency_score(*(t.cuda() for t in make_inputs((2,), 8, 4, torch.float32)))
 
 
 # SDTP_HYPOTHESIS_EXAMPLES=2000 for a long local run; CI keeps the usual count.

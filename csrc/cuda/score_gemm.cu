@@ -1,0 +1,98 @@
+// saliency_score on CUDA, gemm path (csrc/cuda/score_paths.h, docs/ARCHITECTURE.md §3.1):
+//   pre = x @ (w1 * g).T      ATen's mm with a float32 result (cuBLAS, fp32 accumulate), a chunk of tokens at a time
+//   s   = gelu_erf(pre / rms(x) + b1) . w2 + b2      one warp per token, in a fixed order (deterministic)
+// Chunks bound the [tokens, H] intermediate (kChunkBytes) so that it stays in L2 between the GEMM and the epilogue.
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <c10/cuda/CUDAException.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "../host_common.h"
+#include "common.cuh"
+#include "score_paths.h"
+
+namespace sdtp {
+namespace {
+
+using cuda::ceil_div;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / cuda::kWarpSize;
+constexpr int64_t kChunkBytes = int64_t{32} << 20;  // fp32 intermediate per chunk: 32 MiB, within an H100/H200 L2
+
+__device__ __forceinline__ float gelu_erf(float y) { return 0.5f * y * (1.0f + erff(y * 0.70710678118654752440f)); }
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    score_epilogue_kernel(const T* __restrict__ x, const float* __restrict__ pre, const float* __restrict__ b1,
+                          const float* __restrict__ w2, const float* __restrict__ b2, float* __restrict__ out,
+                          int64_t T_, int64_t D, int64_t H, float inv_d, float eps) {
+  const int lane = threadIdx.x % cuda::kWarpSize;
+  const int64_t first = int64_t(blockIdx.x) * kWarps + threadIdx.x / cuda::kWarpSize;
+  const int64_t stride = int64_t(gridDim.x) * kWarps;
+  for (int64_t t = first; t < T_; t += stride) {  // warp-uniform
+    const T* xr = x + t * D;
+    float ss = 0.0f;
+    for (int64_t d = lane; d < D; d += cuda::kWarpSize) {
+      const float v = static_cast<float>(xr[d]);
+      ss += v * v;
+    }
+    const float inv_rms = rsqrtf(cuda::warp_sum(ss) * inv_d + eps);
+    const float* pr = pre + t * H;
+    float acc = 0.0f;
+    for (int64_t j = lane; j < H; j += cuda::kWarpSize) acc += w2[j] * gelu_erf(pr[j] * inv_rms + b1[j]);
+    acc = cuda::warp_sum(acc);
+    if (lane == 0) out[t] = acc + b2[0];
+  }
+}
+
+}  // namespace
+
+ScorePath choose_score_path(at::ScalarType dtype) {
+  const char* env = std::getenv("SDTP_SCORE_PATH");
+  if (env != nullptr && *env != '\0' && std::strcmp(env, "auto") != 0) {
+    if (std::strcmp(env, "fused") == 0) return ScorePath::kFused;
+    if (std::strcmp(env, "gemm") == 0) return ScorePath::kGemm;
+    TORCH_CHECK_VALUE(false, "sdtp.saliency_score: environment variable SDTP_SCORE_PATH must be auto, fused or gemm, "
+                             "got '", env, "'");
+  }
+  const auto& ctx = at::globalContext();
+  const bool reduced_fp32 = ctx.allowTF32CuBLAS() || ctx.float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST;
+  if (dtype == at::kFloat && reduced_fp32) return ScorePath::kFused;
+  return ScorePath::kGemm;
+}
+
+void score_gemm(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& g, const at::Tensor& b1,
+                const at::Tensor& w2, const at::Tensor& b2, float eps, at::Tensor& out, cudaStream_t stream) {
+  const int64_t T = x.size(0), D = x.size(1), H = w1.size(0);
+  auto wf = at::empty({H, D}, x.options());
+  SDTP_DISPATCH_FLOATING(x.scalar_type(), "sdtp_fold_weights", [&] { fold_weights<scalar_t>(w1, g, wf, D, D, stream); });
+  const auto wt = wf.t();  // [D, H] view: cuBLAS reads it transposed, no copy
+  const int64_t chunk = std::min(T, std::max<int64_t>(128, kChunkBytes / (H * int64_t(sizeof(float))) / 128 * 128));
+  auto pre = at::empty({chunk, H}, x.options().dtype(at::kFloat));
+  const float inv_d = static_cast<float>(1.0 / static_cast<double>(D));
+  const int sms = cuda::device_sm_count();
+  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+    const int64_t n = std::min(chunk, T - t0);
+    const auto xc = x.narrow(0, t0, n);
+    auto pc = pre.narrow(0, 0, n);
+    if (x.scalar_type() == at::kFloat)
+      at::mm_out(pc, xc, wt);
+    else
+      at::mm_out(pc, xc, wt, at::kFloat);  // bf16/fp16 in, fp32 accumulate and out
+    const int64_t blocks = std::min<int64_t>(ceil_div<int64_t>(n, kWarps), int64_t{8} * sms);
+    SDTP_DISPATCH_FLOATING(x.scalar_type(), "sdtp_score_epilogue", [&] {
+      score_epilogue_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+          xc.data_ptr<scalar_t>(), pc.data_ptr<float>(), b1.data_ptr<float>(), w2.data_ptr<float>(),
+          b2.data_ptr<float>(), out.data_ptr<float>() + t0, n, D, H, inv_d, eps);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace sdtp
