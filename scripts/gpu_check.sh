@@ -1,21 +1,36 @@
 #!/usr/bin/env bash
-# One command for the GPU machine (docs/ARCHITECTURE.md §7; one H200, torch 2.11.0+cu130, Python 3.12, no network, ~10 min):
-# builds the extension there for sm_90, prints build_info, runs the tests (the CUDA-parametrised ones first, on
-# their own, so that one failure does not hide the others), compute-sanitizer memcheck and racecheck over
-# scripts/sanitizer_smoke.py, and the CUDA micro benchmarks. Every step has its own timeout; a failing step is
-# recorded and the script goes on. Everything lands in $OUT (default ./gpu_out), at most a handful of files:
-#   gpu_check.json  every step (status, seconds, output tail), build_info, device, benchmark figures
+# One command for the GPU machine (docs/ARCHITECTURE.md §7; one H200, ~10 min): builds the extension there for
+# sm_90 (its time is recorded, to plan the budget), prints build_info, runs the error cases (each in its own process:
+# a device-side assert would end the CUDA context), the CUDA tests under CUDA_LAUNCH_BLOCKING=1, compute-sanitizer
+# memcheck, racecheck, initcheck and synccheck over scripts/sanitizer_smoke.py, the CUDA micro benchmarks (both
+# saliency_score paths, select in the integration's configuration), the end-to-end prefill benchmark and the whole
+# suite. Every step has its own timeout; a failing step is recorded and the script goes on.
+#
+#   bash scripts/gpu_check.sh             on the GPU machine
+#   bash scripts/gpu_check.sh --dry-run   here, without a GPU: every step's script and Python code runs on the CPU
+#                                          on toy sizes (the build, the sanitizers and the whole suite are skipped),
+#                                          so that the check's own errors show before a GPU is lent. CI runs it.
+#
+# Everything lands in $OUT (default ./gpu_out), at most a handful of files:
+#   gpu_check.json  every step (status, seconds, output tail), build_info, build seconds, benchmark figures
 #   gpu_check.log   the whole output
 #   cuda_micro.json the micro benchmark figures on their own (also inside gpu_check.json)
-#   e2e.json, e2e.png  bench/e2e.py --device cuda (args from GPU_CHECK_E2E_ARGS)
+#   e2e.json, e2e.png  bench/e2e.py (args from GPU_CHECK_E2E_ARGS)
 #   pytest_cuda.xml / pytest.xml  JUnit reports
 # The steps run in order of importance under one overall budget (GPU_CHECK_BUDGET seconds, default 540, so the
 # whole run fits a 10-minute device command); a step gets min(its own timeout, what is left) and is recorded as
 # "no-time" when too little is left.
 # Env: OUT, PYTHON (default python3), GPU_CHECK_BUDGET, GPU_CHECK_QUICK=1 (short benchmark),
-#      GPU_CHECK_SKIP="step names" (environment build build_info cuobjdump pytest_cuda memcheck racecheck cuda_micro e2e
-#      pytest), GPU_CHECK_E2E_ARGS (default: --contexts 4096 16384 32768 --new-tokens 32 --repeats 2)
+#      GPU_CHECK_SKIP="step names" (environment build build_info cuobjdump error_cases pytest_cuda memcheck racecheck
+#      initcheck synccheck sanitizer_smoke cuda_micro e2e pytest), GPU_CHECK_E2E_ARGS (default: --contexts 4096
+#      16384 32768 --new-tokens 32 --repeats 2)
 set -u
+DRY_RUN=0
+case "${1:-}" in
+  --dry-run) DRY_RUN=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--dry-run]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT"
@@ -35,6 +50,14 @@ fi
 [ -n "${CUDA_HOME:-}" ] && export PATH="$CUDA_HOME/bin:$PATH"
 
 skipped() { case " ${GPU_CHECK_SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }
+# dry_run_skip NAME: in a dry run, records NAME as not run (it needs the GPU or the time a GPU machine has).
+dry_run_skip() {
+  [ "$DRY_RUN" = 1 ] || return 1
+  echo "=== $1: not run in a dry run" | tee -a "$LOG"
+  printf '%s\tdry-run\t0\t0\n' "$1" >>"$STEPS"
+}
+DEV=cuda
+[ "$DRY_RUN" = 1 ] && DEV=cpu
 
 # step NAME TIMEOUT_S COMMAND...: runs COMMAND under `timeout`, output to $WORK/NAME.log and the combined log.
 step() {
@@ -72,53 +95,73 @@ if [ -z "$SANITIZER" ]; then
   done
 fi
 
-step environment 60 bash -c "nvidia-smi; echo; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'; echo; nvcc --version; echo; echo compute-sanitizer: ${SANITIZER:-not found}; nproc"
+step environment 60 bash -c "nvidia-smi || true; echo; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())'; echo; nvcc --version; echo; echo compute-sanitizer: ${SANITIZER:-not found}; nproc"
 
-step build 360 env SDTP_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-  "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . -v
+dry_run_skip build || step build 360 env SDTP_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
+  MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . -v
 step build_info 60 "$PY" -c 'import json, sdtp_kernels; print(json.dumps(sdtp_kernels.build_info()))'
-step cuobjdump 30 bash -c "so=\$($PY -c 'import sdtp_kernels._C as c; print(c.__file__)') && cuobjdump --list-elf \"\$so\" && cuobjdump --list-ptx \"\$so\""
-
-# The CUDA-parametrised tests alone (no -x: every CUDA failure shows).
-step pytest_cuda 180 "$PY" -m pytest -q -p no:cacheprovider -k cuda -rfE tests --junitxml="$OUT/pytest_cuda.xml"
-
-if [ -n "$SANITIZER" ]; then
-  # Without the caching allocator every tensor is its own allocation, so memcheck sees out-of-bounds accesses.
-  step memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck --error-exitcode 99 \
-    --print-limit 50 "$PY" scripts/sanitizer_smoke.py
-  step racecheck 120 "$SANITIZER" --tool racecheck --error-exitcode 99 --print-limit 50 "$PY" scripts/sanitizer_smoke.py
+if command -v cuobjdump >/dev/null 2>&1; then
+  step cuobjdump 30 bash -c "so=\$($PY -c 'import sdtp_kernels.ops as o, glob, os; print(glob.glob(os.path.join(os.path.dirname(o.__file__), \"_C*.so\"))[0])') && cuobjdump --list-elf \"\$so\" && cuobjdump --list-ptx \"\$so\""
 else
-  printf 'memcheck\tnot-found\t0\t0\nracecheck\tnot-found\t0\t0\n' >>"$STEPS"
+  printf 'cuobjdump\tnot-found\t0\t0\n' >>"$STEPS"
 fi
 
-bench_args=("$OUT/cuda_micro.json")
+# The errors that values on the device can cause (tests/ops/test_op_errors.py), each test in its own process.
+step error_cases 120 bash -c "
+  set -e
+  ids=\$($PY -m pytest --collect-only -q -p no:cacheprovider tests/ops/test_op_errors.py -k device_values | grep '\\[$DEV-')
+  [ -n \"\$ids\" ]
+  for id in \$ids; do CUDA_LAUNCH_BLOCKING=1 $PY -m pytest -q -p no:cacheprovider \"\$id\"; done"
+
+# The CUDA tests alone (no -x: every CUDA failure shows), each launch checked as it returns.
+step pytest_cuda 180 env CUDA_LAUNCH_BLOCKING=1 "$PY" -m pytest -q -p no:cacheprovider -m cuda -rfE tests \
+  --junitxml="$OUT/pytest_cuda.xml"
+
+# compute-sanitizer over a small run of every op and path. Without the caching allocator every tensor is its own
+# allocation, so memcheck sees out-of-bounds accesses and initcheck reads of memory never written.
+if [ "$DRY_RUN" = 1 ]; then
+  step sanitizer_smoke 120 "$PY" scripts/sanitizer_smoke.py --device cpu
+  for tool in memcheck racecheck initcheck synccheck; do dry_run_skip $tool; done
+elif [ -n "$SANITIZER" ]; then
+  for tool in memcheck initcheck racecheck synccheck; do
+    step $tool 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool $tool --error-exitcode 99 \
+      --print-limit 50 "$PY" scripts/sanitizer_smoke.py
+  done
+else
+  printf '%s\tnot-found\t0\t0\n' memcheck racecheck initcheck synccheck >>"$STEPS"
+fi
+
+bench_args=("$OUT/cuda_micro.json" --device "$DEV")
 [ "${GPU_CHECK_QUICK:-0}" = 1 ] && bench_args+=(--quick)
+[ "$DRY_RUN" = 1 ] && bench_args+=(--tiny)
 step cuda_micro 240 "$PY" bench/cuda_micro.py "${bench_args[@]}"
 
 # End-to-end prefill benchmark (bench/e2e.py), modest contexts by default so it fits the budget.
-if [ -f bench/e2e.py ]; then
-  # shellcheck disable=SC2086
-  step e2e 200 "$PY" bench/e2e.py --device cuda ${GPU_CHECK_E2E_ARGS:---contexts 4096 16384 32768 --new-tokens 32 --repeats 2} \
-    --out "$OUT/e2e.json" --plot "$OUT/e2e.png"
-fi
+e2e_args=${GPU_CHECK_E2E_ARGS:---contexts 4096 16384 32768 --new-tokens 32 --repeats 2}
+[ "$DRY_RUN" = 1 ] && e2e_args="--preset cpu --contexts 256 --new-tokens 2 --repeats 1"
+# shellcheck disable=SC2086
+step e2e 200 "$PY" bench/e2e.py --device "$DEV" $e2e_args --out "$OUT/e2e.json" --plot "$OUT/e2e.png"
 
-# The whole suite last (CI runs its CPU part anyway); whatever time is left.
-step pytest 420 "$PY" -m pytest -x -q -p no:cacheprovider -rfE tests --junitxml="$OUT/pytest.xml"
+# The whole suite last (CI runs it without a GPU anyway); whatever time is left.
+dry_run_skip pytest || step pytest 420 "$PY" -m pytest -x -q -p no:cacheprovider -rfE tests --junitxml="$OUT/pytest.xml"
 
 # One JSON with everything.
-"$PY" - "$STEPS" "$WORK" "$OUT" <<'PY'
+"$PY" - "$STEPS" "$WORK" "$OUT" "$DRY_RUN" <<'PY'
 import json, os, re, socket, sys, time
 
-steps_file, work, out = sys.argv[1:4]
-report = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "steps": {}}
+steps_file, work, out, dry_run = sys.argv[1:5]
+report = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "dry_run": dry_run == "1",
+          "steps": {}}
 for line in open(steps_file):
     name, rc, seconds, limit = line.rstrip("\n").split("\t")
     log = os.path.join(work, name + ".log")
     text = open(log, errors="replace").read() if os.path.exists(log) else ""
-    status = rc if rc in ("skipped", "not-found", "no-time") else ("ok" if rc == "0" else ("timeout" if rc in ("124", "137") else "failed"))
+    status = rc if rc in ("skipped", "not-found", "no-time", "dry-run") else ("ok" if rc == "0" else ("timeout" if rc in ("124", "137") else "failed"))
     entry = {"status": status, "rc": int(rc) if rc.lstrip("-").isdigit() else None,
              "seconds": int(seconds or 0) / 1000, "timeout_s": int(limit), "output_tail": text[-6000:]}
-    if name in ("memcheck", "racecheck"):
+    if name == "build":
+        report["build_seconds"] = entry["seconds"]
+    if name in ("memcheck", "racecheck", "initcheck", "synccheck"):
         m = re.search(r"ERROR SUMMARY: (\d+) error", text)
         entry["sanitizer_errors"] = int(m.group(1)) if m else None
         m = re.search(r"RACECHECK SUMMARY: (\d+) hazard", text)
@@ -140,10 +183,15 @@ for key in ("cuda_micro", "e2e"):
             report[key] = json.load(open(path))
         except Exception as e:
             report[key] = {"error": f"unreadable: {e}"}
-report["all_ok"] = all(s["status"] in ("ok", "skipped") for s in report["steps"].values())
+# A dry run has no GPU tools to find; on the GPU machine a missing one is a failure.
+fine = ("ok", "skipped", "dry-run") + (("not-found",) if report["dry_run"] else ())
+report["all_ok"] = all(s["status"] in fine for s in report["steps"].values())
 with open(os.path.join(out, "gpu_check.json"), "w") as f:
     json.dump(report, f, indent=2)
 print(json.dumps({k: v["status"] for k, v in report["steps"].items()}, indent=1))
 print("all_ok:", report["all_ok"], "->", os.path.join(out, "gpu_check.json"))
+sys.exit(0 if report["all_ok"] else 1)
 PY
+rc=$?
 rm -rf "$WORK"
+exit $rc

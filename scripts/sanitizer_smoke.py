@@ -4,7 +4,12 @@ copies, several H tiles and ragged tiles in saliency_score) yet stay small enoug
 Each result is checked against the CPU op (bitwise for select/compact); exits 1 on a mismatch.
 
     compute-sanitizer --tool memcheck python scripts/sanitizer_smoke.py
+    python scripts/sanitizer_smoke.py --device cpu     # the same code without a GPU (gpu_check.sh --dry-run)
+
+saliency_score runs on both CUDA paths (SDTP_SCORE_PATH = fused, gemm).
 """
+import argparse
+import os
 import sys
 
 import torch
@@ -25,10 +30,12 @@ def same(a, b):
 
 
 def main():
-    if not torch.cuda.is_available():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="default: %(default)s")
+    dev = torch.device(parser.parse_args().device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 2
-    dev = torch.device("cuda")
     g = torch.Generator().manual_seed(0)
 
     # select_tokens
@@ -87,7 +94,16 @@ def main():
     x = torch.randn(3, 7, 16, device=dev)
     check("compact K=0", sdtp_kernels.compact(x, torch.empty(3, 0, dtype=torch.long, device=dev)).shape == (3, 0, 16))
 
-    # saliency_score
+    for path in ("fused", "gemm"):
+        os.environ["SDTP_SCORE_PATH"] = path
+        check_score(dev, g, path)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    print(f"{len(failures)} failed", flush=True)
+    return 1 if failures else 0
+
+
+def check_score(dev, g, path):
     for dtype, T, D, H in ((torch.bfloat16, 300, 136, 300), (torch.float16, 70, 37, 5), (torch.float32, 70, 40, 130),
                            (torch.bfloat16, 129, 64, 128)):
         hidden = (torch.randn(T, D, generator=g) * 3).to(dtype)
@@ -101,7 +117,7 @@ def main():
         got = sdtp_kernels.saliency_score(hidden.to(dev), *[a.to(dev) for a in args]).cpu()
         tol = 1e-4 if dtype == torch.float32 else 5e-2
         err = (got - want).abs().max().item()
-        check(f"saliency_score {dtype} T={T} D={D} H={H} (max abs err {err:.2e})", err <= tol * (1 + want.abs().max().item()))
+        check(f"saliency_score {path} {dtype} T={T} D={D} H={H} (max abs err {err:.2e})", err <= tol * (1 + want.abs().max().item()))
     # hidden whose base is not 16-byte aligned (a contiguous view): the zero-padded copy path
     T, D, H = 40, 64, 20
     flat = (torch.randn(T * D + 1, generator=g) * 3).bfloat16()
@@ -110,10 +126,8 @@ def main():
     want = sdtp_kernels.saliency_score(flat[1:].view(T, D).float(), *[p.float() for p in params])
     got = sdtp_kernels.saliency_score(flat.to(dev)[1:].view(T, D), *[p.to(dev) for p in params]).cpu()
     err = (got - want).abs().max().item()
-    check(f"saliency_score bf16 misaligned base (max abs err {err:.2e})", err <= 5e-2 * (1 + want.abs().max().item()))
-    torch.cuda.synchronize()
-    print(f"{len(failures)} failed", flush=True)
-    return 1 if failures else 0
+    check(f"saliency_score {path} bf16 misaligned base (max abs err {err:.2e})",
+          err <= 5e-2 * (1 + want.abs().max().item()))
 
 
 if __name__ == "__main__":
