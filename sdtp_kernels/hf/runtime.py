@@ -102,7 +102,7 @@ class _Forward:
             raise ValueError(
                 f"SDTP: the attention mask covers {self.padding_mask.shape[1]} tokens but the prompt has {length}"
             )
-        return self.padding_mask.sum(1).tolist()  # the forward's one host sync
+        return self.padding_mask.sum(1).tolist()  # a host sync; on CUDA each stage's select adds one (§3.4)
 
     def _prune(self, stage: int, predictor: SaliencyPredictor, hidden: torch.Tensor) -> torch.Tensor:
         state, plan, config = self.state, self.plan, self.runtime.config
