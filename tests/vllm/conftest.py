@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-HAS_VLLM = importlib.util.find_spec("vllm") is not None
+# This folder is itself importable as a namespace package "vllm" (tests/ is on sys.path): only a real one counts.
+_spec = importlib.util.find_spec("vllm")
+HAS_VLLM = _spec is not None and _spec.origin is not None
 NO_VLLM = "vLLM is not installed in this environment: run scripts/test_vllm.sh (vLLM's CPU build in build/vllm-venv)"
 # The engine core is a separate process: these reach it through the environment.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's default fails the memory check on a small host
