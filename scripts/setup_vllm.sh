@@ -25,7 +25,7 @@ if [ ! -f "$venv/.vllm-installed" ] || [ "$(cat "$venv/.vllm-installed")" != "$s
   # vLLM pulls CUDA builds of torchvision/torchaudio/torchcodec that do not load beside the CPU torch and break
   # transformers' model classes; text models need none of them.
   "$py" -m pip uninstall -q -y torchvision torchaudio torchcodec
-  "$py" -m pip install -q setuptools wheel ninja pybind11 pytest
+  "$py" -m pip install -q setuptools wheel ninja pybind11 pytest matplotlib
   echo "$spec $torch_spec" > "$venv/.vllm-installed"
 fi
 
