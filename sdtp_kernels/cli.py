@@ -9,6 +9,7 @@ from .demo import add_commands as add_demo_command
 from .eval.cli import add_commands as add_eval_command
 from .reference.cli import add_commands as add_reference_command
 from .train.cli import add_commands as add_training_commands
+from .vllm.export import add_commands as add_export_command
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_commands(commands)
     add_eval_command(commands)
     add_reference_command(commands)
+    add_export_command(commands)
     return parser
 
 

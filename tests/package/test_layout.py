@@ -19,7 +19,7 @@ LAYERS = {
     "hf": 2,
     "train": 3,
     "eval": 4,
-    "demo": 5, "reference": 5, "lm_eval": 5,
+    "demo": 5, "reference": 5, "lm_eval": 5, "vllm": 5,
     "cli": 6,
 }
 

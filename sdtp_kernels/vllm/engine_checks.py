@@ -1,0 +1,113 @@
+"""Engine-start checks of an SDTP model (docs/ARCHITECTURE.md §8.4): vLLM's internals are where the plugin expects
+them, the schedule loads, and every feature pruning cannot serve yet is refused with a message saying what to
+pass instead. Runs from vLLM's per-architecture config hook, when the engine's configuration is made."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from .architectures import TESTED_VLLM_VERSIONS
+from .schedule import served_schedule
+
+logger = logging.getLogger(__name__)
+
+# What the plugin reads of vLLM: (module, attribute path).
+_INTERNALS = [
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner._model_forward"),
+    ("vllm.v1.worker.gpu_input_batch", "CachedRequestState"),
+    ("vllm.v1.worker.gpu_input_batch", "InputBatch"),
+    ("vllm.v1.worker.utils", "AttentionGroup.build_metadata"),
+    ("vllm.v1.worker.block_table", "BlockTable.get_device_tensor"),
+    ("vllm.forward_context", "get_forward_context"),
+    ("vllm.model_executor.layers.attention", "Attention"),
+    ("vllm.model_executor.models.config", "MODELS_CONFIG_MAP"),
+]
+_COMMON_FIELDS = {"query_start_loc", "query_start_loc_cpu", "seq_lens", "seq_lens_cpu_upper_bound", "num_reqs",
+                  "num_actual_tokens", "max_query_len", "max_seq_len", "block_table_tensor", "slot_mapping",
+                  "causal", "positions", "is_prefilling"}
+_FORWARD_CONTEXT_FIELDS = {"attn_metadata", "slot_mapping"}
+_REQUEST_FIELDS = {"req_id", "prompt_token_ids", "num_computed_tokens"}
+
+
+def _missing_internals() -> list[str]:
+    import importlib
+
+    missing = []
+    for module_name, path in _INTERNALS:
+        try:
+            target = importlib.import_module(module_name)
+            for part in path.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError):
+            missing.append(f"{module_name}.{path}")
+    from vllm.forward_context import ForwardContext
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+    from vllm.v1.worker.gpu_input_batch import CachedRequestState
+
+    for cls, needed in ((CommonAttentionMetadata, _COMMON_FIELDS), (ForwardContext, _FORWARD_CONTEXT_FIELDS),
+                        (CachedRequestState, _REQUEST_FIELDS)):
+        have = {f.name for f in dataclasses.fields(cls)}
+        missing += [f"{cls.__name__}.{name}" for name in sorted(needed - have)]
+    return missing
+
+
+def check_internals() -> None:
+    """Refuse a vLLM whose internals moved, naming its version and the tested ones."""
+    import vllm
+
+    missing = _missing_internals()
+    if missing:
+        raise RuntimeError(f"SDTP's vLLM plugin is tested with vLLM {', '.join(TESTED_VLLM_VERSIONS)}; the "
+                           f"installed vLLM {vllm.__version__} lacks what it relies on: {missing}")
+    if vllm.__version__ not in TESTED_VLLM_VERSIONS:
+        logger.warning("SDTP's vLLM plugin is tested with vLLM %s, this is %s; its internals checks passed",
+                       ", ".join(TESTED_VLLM_VERSIONS), vllm.__version__)
+
+
+def refusals(vllm_config) -> list[str]:
+    """What in this configuration pruning cannot serve, each with what to pass instead."""
+    model, cache = vllm_config.model_config, vllm_config.cache_config
+    scheduler, parallel = vllm_config.scheduler_config, vllm_config.parallel_config
+    found = []
+    if cache.enable_prefix_caching:
+        found.append("prefix caching (a cached prefix would hold K/V of pruned layers for tokens another prompt "
+                     "keeps): pass enable_prefix_caching=False / --no-enable-prefix-caching")
+    if scheduler.enable_chunked_prefill:
+        found.append("chunked prefill (a prompt split over steps cannot be ranked as a whole): pass "
+                     "enable_chunked_prefill=False / --no-enable-chunked-prefill, with max_num_batched_tokens >= "
+                     f"max_model_len ({model.max_model_len})")
+    if vllm_config.speculative_config is not None:
+        found.append("speculative decoding (draft tokens are verified several at a time): leave "
+                     "speculative_config unset")
+    if model.runner_type == "pooling":
+        found.append("pooling (it reads the hidden states of every prompt token): serve the model for generation")
+    if parallel.pipeline_parallel_size > 1:
+        found.append("pipeline parallelism: use pipeline_parallel_size=1 (tensor parallelism is supported)")
+    if parallel.decode_context_parallel_size > 1:
+        found.append("decode context parallelism: use decode_context_parallel_size=1")
+    if model.get_sliding_window() is not None:
+        found.append(f"a sliding window ({model.get_sliding_window()} tokens) counts compacted KV entries, not "
+                     "positions: serve the model without one")
+    return found
+
+
+class SDTPEngineChecks:
+    """vLLM's per-architecture config hook (`VerifyAndUpdateConfig`'s interface) for the SDTP architectures."""
+
+    @staticmethod
+    def verify_and_update_config(vllm_config) -> None:
+        check_internals()
+        model = vllm_config.model_config
+        served_schedule(model.model, model.hf_config)  # a bad folder or override fails here, not in a worker
+        refused = refusals(vllm_config)
+        if refused:
+            raise ValueError(f"SDTP ({model.architecture}) cannot serve with " + "; ".join(refused))
+        if not model.enforce_eager:
+            # Kept counts differ per step and the layers' metadata is replaced inside forward(): neither a compiled
+            # graph nor a captured CUDA graph can follow.
+            logger.info("SDTP: running the model eagerly (enforce_eager=True): no torch.compile, no CUDA graphs")
+            model.enforce_eager = True
+
+    @staticmethod
+    def verify_and_update_model_config(model_config) -> None:
+        return

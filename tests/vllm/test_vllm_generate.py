@@ -1,0 +1,92 @@
+"""vLLM + SDTP against transformers + apply_sdtp on the same exported folder (docs/ARCHITECTURE.md §8): greedy
+tokens and their log-probabilities, prompts of 1 to 333 tokens (across KV blocks) with different numbers of new
+tokens, so that steps mix first passes and decodes; kept counts read back from the engine; state freed."""
+import pytest
+import torch
+
+from engine import generate, greedy, hf_generate, hf_model, start
+from tiny import MAX_TOKENS, SCHEDULE, prompts, write_exported_model
+
+pytestmark = pytest.mark.slow
+TOLERANCE = 1e-4  # fp32 log-probabilities of two implementations of the same model
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_exported_model(tmp_path_factory.mktemp("sdtp"))
+
+
+@pytest.fixture(scope="module")
+def llm(folder):
+    engine = start(folder)
+    yield engine
+    del engine
+
+
+@pytest.fixture(scope="module")
+def reference(folder):
+    model = hf_model(folder)
+    return [hf_generate(model, p, m) for p, m in zip(prompts(), MAX_TOKENS)]
+
+
+def test_greedy_tokens_and_logprobs_equal_apply_sdtp(llm, reference):
+    tokens, logprobs = generate(llm, prompts(), MAX_TOKENS)
+    for prompt, got, got_lp, (want, want_lp) in zip(prompts(), tokens, logprobs, reference):
+        assert got == want, f"prompt of {len(prompt)} tokens"
+        assert torch.allclose(torch.tensor(got_lp, dtype=torch.float64), torch.tensor(want_lp, dtype=torch.float64), atol=TOLERANCE,
+                              rtol=0), f"prompt of {len(prompt)} tokens"
+
+
+def test_pruning_changes_the_result(folder, reference):
+    """The equality above is not that of two dense runs: pruning moves the log-probabilities."""
+    from sdtp_kernels.hf import sdtp_disabled
+
+    model = hf_model(folder)
+    with sdtp_disabled(model):
+        dense = [hf_generate(model, p, m)[1] for p, m in zip(prompts(), MAX_TOKENS)]
+    moved = [abs(d[0] - r[1][0]) for d, r, p in zip(dense, reference, prompts()) if len(p) >= 17]
+    assert min(moved) > 20 * TOLERANCE, moved
+
+
+def _kept_counts(worker):
+    runner = worker.model_runner
+    return runner.get_model().sdtp_kept_counts(runner)
+
+
+def test_kept_counts_read_back_equal_the_schedule_and_are_freed(llm):
+    engine = llm.llm_engine
+    for i, (prompt, m) in enumerate(zip(prompts(), MAX_TOKENS)):
+        engine.add_request(f"r{i}", {"prompt_token_ids": prompt}, greedy(m + 2))
+    engine.step()  # every prompt's first pass
+    (held,) = llm.collective_rpc(_kept_counts)
+    by_prompt = {counts[0]: counts for counts in held.values() if counts is not None}
+    stages = len(SCHEDULE.stage_layers(8))
+    for prompt in prompts():
+        n = len(prompt)
+        expected = [n] + [SCHEDULE.kept_count(n, s) for s in range(1, stages + 1)]
+        if expected[-1] == n:  # nothing to remove: the request runs as without SDTP
+            assert n not in by_prompt
+        else:
+            assert by_prompt[n] == expected
+    assert len(held) == len(prompts())
+    while engine.has_unfinished_requests():
+        engine.step()
+    (held,) = llm.collective_rpc(_kept_counts)
+    assert held == {}
+
+
+def test_prompt_logprobs_run_unpruned(llm, folder):
+    """A request that asks for the prompt's log-probabilities needs every prompt token at the last layer: it runs
+    as the dense model, beside pruned requests in the same step."""
+    from sdtp_kernels.hf import sdtp_disabled
+
+    model = hf_model(folder)
+    prompt = prompts()[7]
+    with sdtp_disabled(model):
+        want, want_lp = hf_generate(model, prompt, 4)
+    outputs = llm.generate([{"prompt_token_ids": prompt}, {"prompt_token_ids": prompts()[6]}],
+                           [greedy(4, logprobs=1, prompt_logprobs=1), greedy(4)], use_tqdm=False)
+    got = outputs[0].outputs[0]
+    assert list(got.token_ids) == want
+    assert abs(got.logprobs[0][want[0]].logprob - want_lp[0]) < TOLERANCE
+    assert len(outputs[0].prompt_logprobs) == len(prompt)

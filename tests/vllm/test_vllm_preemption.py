@@ -1,0 +1,27 @@
+"""Preemption by recompute: a request that lost its blocks comes back as one first pass over its prompt and the
+tokens it had generated; SDTP prunes the prompt exactly as before and never the generated tokens, so the result
+is that of a run without preemption (docs/ARCHITECTURE.md §8.3)."""
+import pytest
+import torch
+
+from engine import generate, hf_generate, hf_model, start
+from tiny import prompts, write_exported_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_recomputed_requests_equal_apply_sdtp(tmp_path):
+    folder = write_exported_model(tmp_path)
+    # Four prompts that each fill most of a 128-token block, then grow into a second: 8 blocks wanted, 5 there.
+    batch = [p[:120] for p in prompts()[7:]] + [prompts()[7][100:220], prompts()[8][50:170]]
+    max_tokens = [20] * len(batch)
+    llm = start(folder, num_gpu_blocks_override=5, max_model_len=512, disable_log_stats=False)
+    tokens, logprobs = generate(llm, batch, max_tokens)
+    preemptions = sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
+    assert preemptions > 0, "the test meant to preempt requests, and none was"
+    model = hf_model(folder)
+    for prompt, got, got_lp in zip(batch, tokens, logprobs):
+        want, want_lp = hf_generate(model, prompt, 20)
+        assert got == want
+        assert torch.allclose(torch.tensor(got_lp, dtype=torch.float64), torch.tensor(want_lp, dtype=torch.float64),
+                              atol=1e-4, rtol=0)
