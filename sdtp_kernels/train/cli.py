@@ -34,9 +34,12 @@ def _flag(name: str) -> str:
 
 def _common(parser: argparse.ArgumentParser, schedule: tuple[str, ...]) -> None:
     parser.add_argument("--model", required=True, help="local model directory (transformers save_pretrained)")
-    parser.add_argument("--data", required=True, help="JSON / JSONL records: input_ids [+ labels | answer] (a text "
-                        "beside them is ignored), text, "
-                        "or prompt + response")
+    parser.add_argument("--data", required=True, help="records: a .jsonl / .json file, a .parquet or .arrow file, "
+                        "or a folder written by datasets' save_to_disk (the last three need sdtp_kernels[data]); each "
+                        "record holds input_ids [+ labels | answer], text, or prompt + response. A record with "
+                        "input_ids trains on them: a text beside them is ignored")
+    parser.add_argument("--text-field", default=_TRAIN_DEFAULTS["text_field"],
+                        help="the field that holds a text record's text")
     parser.add_argument("--out", required=True, help="output directory")
     group = parser.add_argument_group("SDTP schedule (docs/ARCHITECTURE.md §4)")
     for name in schedule:
@@ -76,7 +79,7 @@ def _saliency(args: argparse.Namespace) -> Optional[SaliencyOptions]:
 def _dry_run(args: argparse.Namespace, batch_size: Optional[int]) -> int:
     from .data_check import check_data
 
-    report = check_data(args.model, args.data, _config(args), args.max_length, batch_size)
+    report = check_data(args.model, args.data, _config(args), args.max_length, batch_size, args.text_field)
     print(json.dumps(report, indent=2))
     if "error" in report:
         raise ValueError(f"{args.data}: {report['error']}")
@@ -91,7 +94,7 @@ def _run_mark(args: argparse.Namespace) -> int:
 
     index = mark(
         args.model, args.data, args.out, _config(args), _saliency(args) or SaliencyOptions(), args.batch_size,
-        args.records_per_shard, args.max_length, args.dtype, args.device,
+        args.records_per_shard, args.max_length, args.dtype, args.device, args.text_field,
     )
     print(f"marked {index['records']} records at layers {index['stage_layers']} into {args.out}")
     return 0
@@ -106,7 +109,8 @@ def _run_train(args: argparse.Namespace) -> int:
     loss = LossOptions(**{name: getattr(args, name) for name in _LOSS_DEFAULTS})
     options = TrainOptions(
         model=args.model, data=args.data, out=args.out, sdtp=_config(args), loss=loss, saliency=_saliency(args),
-        saliency_dir=args.saliency, max_length=args.max_length, dtype=args.dtype, device=args.device,
+        saliency_dir=args.saliency, max_length=args.max_length, text_field=args.text_field, dtype=args.dtype,
+        device=args.device,
         **{name: getattr(args, name) for name in (
             "batch_size", "max_steps", "lr", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm",
             "save_every", "resume", "seed",

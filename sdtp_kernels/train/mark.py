@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from ..config import SDTPConfig
 from ..hf.families import family_of
-from .data import batches, read_examples
+from .data import TEXT_FIELD, batches, read_examples
 from .model import load_frozen_model
 from .options import SaliencyOptions
 from .saliency import token_saliency
@@ -28,6 +28,7 @@ def mark(
     max_length: Optional[int] = None,
     dtype: str = "float32",
     device: Optional[str] = None,
+    text_field: str = TEXT_FIELD,
 ) -> dict[str, Any]:
     """Mark `data` with `model_dir` at the stage layers of `config`; returns the index written to `out`."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -41,7 +42,7 @@ def mark(
         "max_length": max_length,
     }
     examples, skipped = split_prunable(config, read_examples(
-        data, model_dir, model.get_input_embeddings().num_embeddings, max_length))
+        data, model_dir, model.get_input_embeddings().num_embeddings, max_length, text_field))
     if not examples:
         raise ValueError(f"{data} holds no record to mark" + (f": skipped {describe_skipped(skipped)}" if skipped
                                                                 else ""))

@@ -82,6 +82,7 @@ class TrainOptions:
     resume: bool = False
     seed: int = 0
     max_length: Optional[int] = None
+    text_field: str = "text"  # the field of text records (a record with input_ids uses them, its text ignored)
     dtype: str = "float32"  # of the frozen model; the predictors train in float32
     device: Optional[str] = None  # default: this process's GPU if there is one, else the CPU
 

@@ -159,7 +159,8 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
     num_stages = len(predictors)
 
     examples, skipped = split_prunable(options.sdtp, read_examples(
-        options.data, options.model, model.get_input_embeddings().num_embeddings, options.max_length))
+        options.data, options.model, model.get_input_embeddings().num_embeddings, options.max_length,
+        options.text_field))
     if skipped and processes.main:
         tqdm.write(f"sdtp train: skipped {describe_skipped(skipped)}", file=sys.stderr)
     marking = None
