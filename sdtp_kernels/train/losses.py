@@ -116,7 +116,7 @@ def ranking_loss(
     order = torch.sign(saliency.gather(1, i) - saliency.gather(1, j))
     usable = usable & (order != 0)
     loss = F.softplus(-(scores.gather(1, i) - scores.gather(1, j)) * order)
-    return (loss * usable).sum() / normalizer(usable.sum().detach()).clamp_min(1)
+    return (loss * usable).sum() / normalizer(usable.sum().to(loss.dtype)).clamp_min(1)
 
 
 def keep_ratio_loss(kept: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -56,6 +56,27 @@ class Processes:
         gathered = [None] * self.world if self.main else None
         dist.gather_object(value, gathered, dst=0)
         return gathered or []
+
+    def from_main(self, read: Callable[[], Any]) -> Any:
+        """What `read()` returns (or raises) in process 0, in every process: a file that only process 0 sees (a
+        checkpoint on the first machine of a multi-node job) reaches them all."""
+        if not self.distributed:
+            return read()
+        box: list[Any] = [None]
+        if self.main:
+            try:
+                box[0] = (read(), None)
+            except Exception as error:  # every process raises it, none waits for a broadcast that never comes
+                box[0] = (None, error)
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        value, error = box[0]
+        if error is not None:
+            raise error
+        return value
+
+    def wait_for_all(self) -> None:
+        if self.distributed:
+            dist.barrier()
 
     def close(self) -> None:
         if self.owns_group:

@@ -161,7 +161,7 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
     }
     step = 0
     if options.resume:
-        state = load_checkpoint(out, identity)
+        state = processes.from_main(lambda: load_checkpoint(out, identity))
         predictors.load_state_dict(state["predictors"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -229,4 +229,5 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
             warnings.warn(f"over the last {len(recent_gap)} steps the training masks kept {gap:.2f} more of the prompt "
                           "than the schedule: the task loss outweighs the keep-ratio term and never saw the "
                           "schedule's pruning; consider a larger ratio weight (--ratio-weight)", stacklevel=2)
+    processes.wait_for_all()  # no process returns before process 0 has written the results
     return model
