@@ -1,5 +1,6 @@
 """The frozen model sharded across 2 processes (FSDP over gloo, CPU), predictors data-parallel: the same predictors
-after N steps as one process training the same global batches, to float32 rounding, and an exact resume."""
+after N steps as one process training the same global batches, to float32 rounding, and an exact resume; a sharded
+`sdtp mark` writes the marking one process writes."""
 import os
 import socket
 
@@ -10,7 +11,9 @@ import torch.multiprocessing as mp
 from hf_tiny import PRUNING, training_workdir
 from safetensors.torch import load_file
 
+from sdtp_kernels.train.mark import mark
 from sdtp_kernels.train.options import LossOptions, TrainOptions
+from sdtp_kernels.train.shards import SaliencyShards
 from sdtp_kernels.train.trainer import train
 
 WEIGHTS = "sdtp_predictors.safetensors"
@@ -32,6 +35,8 @@ def _sharded_worker(rank: int, port: int, root) -> None:
     train(_options(root, root / "sharded", **sharded))
     train(_options(root, root / "resumed", max_steps=2, **sharded))
     train(_options(root, root / "resumed", resume=True, **sharded))
+    mark(str(root / "model"), str(root / "data.jsonl"), str(root / "marks-sharded"), PRUNING, batch_size=6,
+         records_per_shard=5, device="cpu", checkpointing=True, shard=True)
     dist.destroy_process_group()
 
 
@@ -51,3 +56,12 @@ def test_two_sharded_processes_train_what_one_process_trains(tmp_path):
     for key in single:
         torch.testing.assert_close(sharded[key], single[key], rtol=1e-5, atol=1e-6)
         assert torch.equal(resumed[key], sharded[key]), key  # resuming a sharded run is exact
+
+    # 16 records in batches of 6: 3 batches taken in turn, so in the last round process 1 repeats one and drops it.
+    mark(str(root / "model"), str(root / "data.jsonl"), str(root / "marks"), PRUNING, batch_size=6,
+         records_per_shard=5, device="cpu")
+    alone, together = SaliencyShards(str(root / "marks")), SaliencyShards(str(root / "marks-sharded"))
+    assert len(alone) == len(together) == 16
+    for record in range(16):
+        assert torch.equal(alone[record][0], together[record][0])
+        torch.testing.assert_close(together[record][1], alone[record][1], rtol=1e-4, atol=1e-5)
