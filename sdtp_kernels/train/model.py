@@ -25,7 +25,9 @@ def frozen_precision(model: nn.Module, device: torch.device) -> contextlib.Abstr
     """Where the frozen model's forward runs: a half-precision model under autocast to its dtype, so that what
     reaches it in float32 (the policy masks, docs/ARCHITECTURE.md §5.2) is cast per op and what autocast keeps in
     float32 stays there; a float32 model as it is. The predictors opt out (`full_precision`)."""
-    return torch.autocast(device.type, dtype=model.dtype, enabled=model.dtype != torch.float32)
+    if model.dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=model.dtype)
 
 
 def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
