@@ -6,6 +6,8 @@ another's peak.
     python bench/train_memory.py                          # CPU preset: 16-layer hidden-512 Llama, 2048 tokens
     python bench/train_memory.py --out bench/results/train-memory.json
 
+SDTP_BENCH_QUICK=1 makes the default length 256 tokens (to check that the benchmark runs, not to measure).
+
 The step is what `sdtp train` does per batch without a marking: saliency marked on the fly (a forward and backward
 of the unpruned model), the masked-simulation forward with Gumbel decisions, the backward to the predictors and an
 optimiser step, on one record of 2048 tokens: a prompt and a 32-token answer that carries the loss (the prompt is
@@ -24,6 +26,7 @@ import torch
 
 ANSWER_TOKENS = 32
 WARM_UP_TOKENS = 256
+QUICK = os.environ.get("SDTP_BENCH_QUICK") == "1"
 # glibc keeps freed blocks below its (adaptive) mmap threshold in its heap, so the resident size can stay up after
 # the tensors are gone. Each path is measured as it runs by default ("rows") and with a fixed threshold that returns
 # every large block at once, so that the resident size follows the live tensors ("rows_live").
@@ -75,7 +78,8 @@ def one_step(path: str, device: str, tokens: int, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--tokens", type=int, default=2048, help="sequence length of the one-row batch")
+    parser.add_argument("--tokens", type=int, default=256 if QUICK else 2048,
+                        help="sequence length of the one-row batch")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--one", choices=sorted(PATHS), help=argparse.SUPPRESS)  # the subprocess's own row
