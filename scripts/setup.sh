@@ -36,7 +36,7 @@ if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] && "$venv/bin/s
 else
   step "building the package and its native ops (CPU kernels; CUDA kernels too when nvcc is found: about 4 minutes \
 on 2 cores)"
-  MAX_JOBS=${MAX_JOBS:-2} pip install -q --no-build-isolation -e ".[dev]"
+  MAX_JOBS=${MAX_JOBS:-2} pip install -q --no-build-isolation -e ".[dev,data]"
   echo "$stamp" > "$stamp_file"
 fi
 "$venv/bin/sdtp" info

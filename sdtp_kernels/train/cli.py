@@ -9,7 +9,7 @@ import os
 from typing import Optional
 
 from ..config import SDTPConfig
-from .options import DTYPES, LR_SCHEDULES, NORMALIZATIONS, TASK_LOSSES, LossOptions, SaliencyOptions, TrainOptions
+from .options import ATTENTIONS, DTYPE_ALIASES, DTYPES, LR_SCHEDULES, NORMALIZATIONS, TASK_LOSSES, LossOptions, SaliencyOptions, TrainOptions
 
 _CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SDTPConfig)}
 _LOSS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LossOptions)}
@@ -34,9 +34,12 @@ def _flag(name: str) -> str:
 
 def _common(parser: argparse.ArgumentParser, schedule: tuple[str, ...]) -> None:
     parser.add_argument("--model", required=True, help="local model directory (transformers save_pretrained)")
-    parser.add_argument("--data", required=True, help="JSON / JSONL records: input_ids [+ labels | answer] (a text "
-                        "beside them is ignored), text, "
-                        "or prompt + response")
+    parser.add_argument("--data", required=True, help="records: a .jsonl / .json file, a .parquet or .arrow file, "
+                        "or a folder written by datasets' save_to_disk (the last three need sdtp_kernels[data]); each "
+                        "record holds input_ids [+ labels | answer], text, or prompt + response. A record with "
+                        "input_ids trains on them: a text beside them is ignored")
+    parser.add_argument("--text-field", default=_TRAIN_DEFAULTS["text_field"],
+                        help="the field that holds a text record's text")
     parser.add_argument("--out", required=True, help="output directory")
     group = parser.add_argument_group("SDTP schedule (docs/ARCHITECTURE.md §4)")
     for name in schedule:
@@ -46,8 +49,20 @@ def _common(parser: argparse.ArgumentParser, schedule: tuple[str, ...]) -> None:
     parser.add_argument("--batch-size", type=int, default=_TRAIN_DEFAULTS["batch_size"],
                         help="records per batch (per process when training)")
     parser.add_argument("--max-length", type=int, default=None, help="keep each record's last N tokens")
-    parser.add_argument("--dtype", choices=DTYPES, default=_TRAIN_DEFAULTS["dtype"], help="of the frozen model")
+    parser.add_argument("--dtype", type=lambda name: DTYPE_ALIASES.get(name, name), choices=DTYPES,
+                        default=_TRAIN_DEFAULTS["dtype"], help="of the frozen model (also bf16, fp16, fp32); half "
+                        "precision runs its forward under autocast, the predictors and optimiser stay float32")
     parser.add_argument("--device", default=None, help="None: the (local-rank) GPU if there is one, else cpu")
+    memory = parser.add_argument_group("memory (docs/ARCHITECTURE.md §5.2)")
+    memory.add_argument("--attention", choices=ATTENTIONS, default=None,
+                        help="the frozen model's attention (None: the model's default). sdpa does not materialise "
+                        "the attention probabilities where the backend can differentiate the mask (GPU)")
+    memory.add_argument("--checkpointing", action="store_true",
+                        help="activation checkpointing of the frozen decoder layers: one layer's activations at a "
+                        "time, each layer run twice")
+    memory.add_argument("--shard", action="store_true",
+                        help="shard the frozen model across the torchrun processes (FSDP); same checkpoints and "
+                        "resume as without")
     parser.add_argument("--dry-run", action="store_true",
                         help="read and check the whole data file against the model's config (no weights loaded), "
                         "print what would be used and skipped, and stop")
@@ -76,7 +91,7 @@ def _saliency(args: argparse.Namespace) -> Optional[SaliencyOptions]:
 def _dry_run(args: argparse.Namespace, batch_size: Optional[int]) -> int:
     from .data_check import check_data
 
-    report = check_data(args.model, args.data, _config(args), args.max_length, batch_size)
+    report = check_data(args.model, args.data, _config(args), args.max_length, batch_size, args.text_field)
     print(json.dumps(report, indent=2))
     if "error" in report:
         raise ValueError(f"{args.data}: {report['error']}")
@@ -91,9 +106,11 @@ def _run_mark(args: argparse.Namespace) -> int:
 
     index = mark(
         args.model, args.data, args.out, _config(args), _saliency(args) or SaliencyOptions(), args.batch_size,
-        args.records_per_shard, args.max_length, args.dtype, args.device,
+        args.records_per_shard, args.max_length, args.dtype, args.device, args.text_field, args.attention,
+        args.checkpointing, args.shard,
     )
-    print(f"marked {index['records']} records at layers {index['stage_layers']} into {args.out}")
+    if index is not None:  # process 0 of a torchrun job, or a lone process
+        print(f"marked {index['records']} records at layers {index['stage_layers']} into {args.out}")
     return 0
 
 
@@ -106,7 +123,8 @@ def _run_train(args: argparse.Namespace) -> int:
     loss = LossOptions(**{name: getattr(args, name) for name in _LOSS_DEFAULTS})
     options = TrainOptions(
         model=args.model, data=args.data, out=args.out, sdtp=_config(args), loss=loss, saliency=_saliency(args),
-        saliency_dir=args.saliency, max_length=args.max_length, dtype=args.dtype, device=args.device,
+        saliency_dir=args.saliency, max_length=args.max_length, text_field=args.text_field, dtype=args.dtype,
+        device=args.device, attention=args.attention, checkpointing=args.checkpointing, shard=args.shard,
         **{name: getattr(args, name) for name in (
             "batch_size", "max_steps", "lr", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm",
             "save_every", "resume", "seed",
@@ -137,7 +155,8 @@ def add_commands(subparsers) -> None:
         description="Train the predictors with Gumbel-softmax masks, the model frozen; write them with save_sdtp to "
         "--out. Records whose prompt has no token outside the protected ones are skipped (listed in "
         "train_summary.json); a non-finite loss stops the run before it changes anything. Several processes: "
-        "torchrun --nproc-per-node N -m sdtp_kernels.cli train ...",
+        "torchrun --nproc-per-node N -m sdtp_kernels.cli train ... (add --shard to split the frozen model between "
+        "them; several machines: torchrun's --nnodes, --node-rank and --rdzv-endpoint).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _common(train, _TRAIN_SCHEDULE)

@@ -1,5 +1,5 @@
-"""Training and marking data: local JSON / JSONL records turned into token ids, labels and a prompt length, then
-batched with left padding.
+"""Training and marking data: records of a local file (`data_files`: JSON / JSONL, Parquet, Arrow, datasets'
+save_to_disk) turned into token ids, labels and a prompt length, then batched with left padding.
 
 Accepted records (other fields are ignored, so generator metadata may ride along):
 
@@ -9,7 +9,8 @@ Accepted records (other fields are ignored, so generator metadata may ride along
 - ``{"input_ids": [...], "answer": [...] or int}``: the answer tokens follow the prompt and carry the loss;
 - ``{"input_ids": [...], "labels": [...], "answer": [...]}``: both; ``labels`` (one per prompt token) label tokens
   inside the prompt as well, e.g. answers given in place earlier in a multi-question prompt;
-- ``{"text": "..."}``: tokenised with the model directory's tokenizer, loss on every token;
+- ``{"text": "..."}``: tokenised with the model directory's tokenizer, loss on every token (``text_field`` names
+  another field for it);
 - ``{"prompt": "...", "response": "..."}``: tokenised likewise, loss on the response.
 
 The *prompt* is what SDTP prunes. An answer or response plays the part of generated tokens: it is never pruned and
@@ -19,14 +20,18 @@ prompt.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
+from .data_files import data_records
+
 IGNORE_INDEX = -100
-ACCEPTED = "`input_ids` (optionally with `labels` and/or `answer`), `text`, or `prompt` with `response`"
+TEXT_FIELD = "text"
+
+
+def _accepted(text_field: str) -> str:
+    return f"`input_ids` (optionally with `labels` and/or `answer`), `{text_field}`, or `prompt` with `response`"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,29 +78,6 @@ class _Tokenizer:
         return self._tokenizer(text, add_special_tokens=special_tokens)["input_ids"]
 
 
-def _records(path: str) -> Iterator[tuple[str, dict]]:
-    """(location for error messages, record) of a .jsonl file (one object a line) or a .json file (a list)."""
-    if path.endswith(".jsonl"):
-        with open(path) as f:
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    where = f"{path} line {number}"
-                    try:
-                        yield where, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{where} is not valid JSON: {e}") from None
-        return
-    with open(path) as f:
-        try:
-            records = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); JSON Lines data must be named *.jsonl") from None
-    if not isinstance(records, list):
-        raise ValueError(f"{path} must hold a JSON list of records, got a {type(records).__name__}")
-    for number, record in enumerate(records):
-        yield f"{path} record {number}", record
-
-
 def _token_ids(where: str, name: str, value, vocab_size: int, allow_ignore: bool = False) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
@@ -108,14 +90,16 @@ def _token_ids(where: str, name: str, value, vocab_size: int, allow_ignore: bool
     return value
 
 
-def _example(where: str, record, tokenize: _Tokenizer, vocab_size: int) -> Example:
+def _example(where: str, record, tokenize: _Tokenizer, vocab_size: int, text_field: str) -> Example:
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object with {ACCEPTED}, got a {type(record).__name__}")
+        raise ValueError(f"{where}: expected a JSON object with {_accepted(text_field)}, got a "
+                         f"{type(record).__name__}")
     # Pre-tokenised ids win: a tokenised corpus that kept its text column trains on the ids, the text ignored.
-    kinds = ["input_ids"] if "input_ids" in record else [k for k in ("text", "prompt") if k in record]
+    kinds = ["input_ids"] if "input_ids" in record else [k for k in (text_field, "prompt") if k in record]
     if len(kinds) != 1:
         found = "none of them" if not kinds else " and ".join(f"`{k}`" for k in kinds)
-        raise ValueError(f"{where}: a record holds one of {ACCEPTED}; this one has {found} (fields: {sorted(record)})")
+        raise ValueError(f"{where}: a record holds one of {_accepted(text_field)}; this one has {found} "
+                         f"(fields: {sorted(record)})")
     if "input_ids" in record:
         ids = _token_ids(where, "input_ids", record["input_ids"], vocab_size)
         if "labels" in record:
@@ -128,8 +112,8 @@ def _example(where: str, record, tokenize: _Tokenizer, vocab_size: int) -> Examp
             labels = list(ids)
         answer = _token_ids(where, "answer", record["answer"], vocab_size) if "answer" in record else []
         return Example(ids + answer, labels + answer, len(ids))
-    if "text" in record:
-        ids = _token_ids(where, "text", tokenize(where, _string(where, record, "text"), True), vocab_size)
+    if text_field in record:
+        ids = _token_ids(where, text_field, tokenize(where, _string(where, record, text_field), True), vocab_size)
         return Example(ids, list(ids), len(ids))
     if "response" not in record:
         raise ValueError(f"{where}: a `prompt` record needs a `response` (the tokens that carry the loss)")
@@ -151,14 +135,14 @@ def _truncate(example: Example, max_length: Optional[int]) -> Example:
                                prompt_length=max(0, example.prompt_length - cut))
 
 
-def read_examples(path: str, model_dir: str, vocab_size: int, max_length: Optional[int] = None) -> Iterator[Example]:
-    """Examples of a data file, in file order, streamed. `max_length` keeps each record's last tokens."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file {path} does not exist")
+def read_examples(path: str, model_dir: str, vocab_size: int, max_length: Optional[int] = None,
+                  text_field: str = TEXT_FIELD) -> Iterator[Example]:
+    """Examples of a data file or folder (`data_files`), in file order, streamed. `max_length` keeps each record's
+    last tokens; `text_field` is the field of text records."""
     tokenize = _Tokenizer(model_dir)
-    for where, record in _records(path):
-        example = _truncate(dataclasses.replace(_example(where, record, tokenize, vocab_size), source=where),
-                            max_length)
+    for where, record in data_records(path):
+        example = _example(where, record, tokenize, vocab_size, text_field)
+        example = _truncate(dataclasses.replace(example, source=where), max_length)
         if example.prompt_length == 0:
             raise ValueError(f"{where}: no prompt token left to prune (answer only, or cut away by max_length)")
         if all(label == IGNORE_INDEX for label in example.labels[1:]):

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from ..config import SDTPConfig
 from ..hf.model_dir import local_model_dir
-from .data import IGNORE_INDEX, read_examples
+from .data import IGNORE_INDEX, TEXT_FIELD, read_examples
 from .schedule import describe_skipped, split_prunable
 
 
@@ -18,12 +18,13 @@ def _stats(values: list[int]) -> dict[str, Any]:
 
 
 def check_data(model_dir: str, data: str, config: SDTPConfig, max_length: Optional[int] = None,
-               batch_size: Optional[int] = None) -> dict[str, Any]:
+               batch_size: Optional[int] = None, text_field: str = TEXT_FIELD) -> dict[str, Any]:
     """A report of `data` as training and marking would read it; a bad record raises with its file and line."""
     from transformers import AutoConfig
 
     model_config = AutoConfig.from_pretrained(local_model_dir(model_dir), local_files_only=True)
-    usable, skipped = split_prunable(config, read_examples(data, model_dir, model_config.vocab_size, max_length))
+    usable, skipped = split_prunable(config, read_examples(data, model_dir, model_config.vocab_size, max_length,
+                                                                text_field))
     report = {
         "data": data,
         "records": len(usable) + len(skipped),

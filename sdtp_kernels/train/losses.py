@@ -5,7 +5,7 @@ gradient of that row's loss alone.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,18 @@ def kl_rows(logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.T
     return _row_mean(per_token, targets)
 
 
-def masked_mse(scores: torch.Tensor, saliency: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+Normalizer = Callable[[torch.Tensor], torch.Tensor]
+"""count -> what a loss summed over `count` terms divides by. By default the count itself (the batch's mean); under
+data parallelism the mean count per process, so that the processes' averaged gradient is that of the mean over all
+of the step's terms (docs/ARCHITECTURE.md §5.2)."""
+
+
+def _own_count(count: torch.Tensor) -> torch.Tensor:
+    return count
+
+
+def masked_mse(scores: torch.Tensor, saliency: torch.Tensor, candidates: torch.Tensor,
+               normalizer: Normalizer = _own_count) -> torch.Tensor:
     """Mean squared error between predictor scores and saliency over each row's candidate tokens, both centred on
     their row mean over the candidates. The score's offset is the keep probability that the keep-ratio term sets;
     an uncentred MSE would pull it towards the saliency's mean (0 after z-scoring) and fight that term. Selection
@@ -54,24 +65,38 @@ def masked_mse(scores: torch.Tensor, saliency: torch.Tensor, candidates: torch.T
         return values - (values * weight).sum(1, keepdim=True) / count
 
     error = (centred(scores) - centred(saliency)).pow(2) * weight
-    return error.sum() / weight.sum().clamp_min(1)
+    return error.sum() / normalizer(weight.sum().detach()).clamp_min(1)
 
 
 def _pairs(
-    candidates: torch.Tensor, max_pairs: int, generator: Optional[torch.Generator]
+    candidates: torch.Tensor, real: torch.Tensor, max_pairs: int,
+    generators: Optional[Sequence[Optional[torch.Generator]]],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(i, j, usable) [B, P] token pairs per row: every ordered pair when N * N <= max_pairs, else max_pairs pairs
-    drawn uniformly (with replacement) among the row's candidates."""
-    B, N = candidates.shape
-    if N * N <= max_pairs:
-        grid = torch.arange(N, device=candidates.device)
-        i, j = grid.repeat_interleave(N).expand(B, -1), grid.repeat(N).expand(B, -1)
-    else:
-        weights = candidates.float()
-        weights[~candidates.any(1)] = 1.0  # a row without candidates: any draw, all unusable
-        i = torch.multinomial(weights, max_pairs, replacement=True, generator=generator)
-        j = torch.multinomial(weights, max_pairs, replacement=True, generator=generator)
-    return i, j, candidates.gather(1, i) & candidates.gather(1, j) & (i != j)
+    """(i, j, usable) [B, P] token pairs per row, in the row's own tokens (`real`): every ordered pair when
+    n * n <= max_pairs for its n tokens, else max_pairs pairs drawn uniformly (with replacement) among its candidates
+    from generators[b]. Per row, so that a row's pairs do not depend on what it is batched with."""
+    rows = []
+    for row in range(candidates.shape[0]):
+        columns = real[row].nonzero().squeeze(1)
+        n = columns.numel()
+        if n * n <= max_pairs:
+            grid = torch.arange(n, device=candidates.device)
+            i, j = grid.repeat_interleave(n), grid.repeat(n)
+        else:
+            weights = candidates[row, columns].float()
+            if not weights.any():
+                weights = torch.ones_like(weights)  # no candidates: any draw, all unusable
+            generator = generators[row] if generators is not None else None
+            i = torch.multinomial(weights, max_pairs, replacement=True, generator=generator)
+            j = torch.multinomial(weights, max_pairs, replacement=True, generator=generator)
+        rows.append((columns[i], columns[j]))
+    width = max(i.numel() for i, _ in rows)
+    i, j, usable = (torch.zeros(len(rows), width, dtype=dtype, device=candidates.device)
+                    for dtype in (torch.int64, torch.int64, torch.bool))
+    for row, (row_i, row_j) in enumerate(rows):
+        i[row, : row_i.numel()], j[row, : row_j.numel()] = row_i, row_j
+        usable[row, : row_i.numel()] = candidates[row, row_i] & candidates[row, row_j] & (row_i != row_j)
+    return i, j, usable
 
 
 def ranking_loss(
@@ -79,15 +104,19 @@ def ranking_loss(
     saliency: torch.Tensor,
     candidates: torch.Tensor,
     max_pairs: int,
-    generator: Optional[torch.Generator] = None,
+    generators: Optional[Sequence[Optional[torch.Generator]]] = None,
+    real: Optional[torch.Tensor] = None,
+    normalizer: Normalizer = _own_count,
 ) -> torch.Tensor:
     """The paper's pairwise ranking loss log(1 + exp(-(s_i - s_j) * sign(sal_i - sal_j))), averaged (not summed, so
-    that its scale does not grow with the sequence length) over candidate pairs with different saliency."""
-    i, j, usable = _pairs(candidates, max_pairs, generator)
+    that its scale does not grow with the sequence length) over candidate pairs with different saliency. `real`
+    [B, N]: each row's tokens (None: all); `generators`: one per row, for sampled pairs."""
+    real = torch.ones_like(candidates) if real is None else real
+    i, j, usable = _pairs(candidates, real, max_pairs, generators)
     order = torch.sign(saliency.gather(1, i) - saliency.gather(1, j))
     usable = usable & (order != 0)
     loss = F.softplus(-(scores.gather(1, i) - scores.gather(1, j)) * order)
-    return (loss * usable).sum() / usable.sum().clamp_min(1)
+    return (loss * usable).sum() / normalizer(usable.sum().to(loss.dtype)).clamp_min(1)
 
 
 def keep_ratio_loss(kept: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,8 @@ class LossOptions:
 
 LR_SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+ATTENTIONS = ("sdpa", "eager")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +84,12 @@ class TrainOptions:
     resume: bool = False
     seed: int = 0
     max_length: Optional[int] = None
-    dtype: str = "float32"  # of the frozen model; the predictors train in float32
+    text_field: str = "text"  # the field of text records (a record with input_ids uses them, its text ignored)
+    dtype: str = "float32"  # of the frozen model (half precision: its forward under autocast); predictors: float32
     device: Optional[str] = None  # default: this process's GPU if there is one, else the CPU
+    attention: Optional[str] = None  # the frozen model's attention implementation (None: the model's default)
+    checkpointing: bool = False  # activation checkpointing of the frozen decoder layers
+    shard: bool = False  # shard the frozen model across the torchrun processes (FSDP)
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
@@ -95,6 +101,8 @@ class TrainOptions:
             raise ValueError("save_every and warmup_steps must be >= 0")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.attention not in (None, *ATTENTIONS):
+            raise ValueError(f"attention must be one of {ATTENTIONS} or None, got {self.attention!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

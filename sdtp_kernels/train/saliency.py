@@ -21,6 +21,7 @@ from ..hf.families import family_of
 from ..hf.patch import sdtp_disabled
 from .data import Batch
 from .losses import labelled_positions, lm_loss_rows
+from .model import frozen_precision
 from .options import SaliencyOptions
 from .schedule import protected_tokens
 
@@ -68,6 +69,7 @@ def token_saliency(
     with contextlib.ExitStack() as stack:
         stack.enter_context(sdtp_disabled(model))
         stack.enter_context(torch.enable_grad())
+        stack.enter_context(frozen_precision(model, batch.input_ids.device))
         for index in stage_layers:
             stack.enter_context(layers[index].register_forward_pre_hook(capture(index), with_kwargs=True))
         logits = model(

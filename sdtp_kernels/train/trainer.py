@@ -1,18 +1,21 @@
 """Predictor training (docs/ARCHITECTURE.md §5): the LLM frozen, only the SDTP predictors learn. One process, or
-several under `torchrun` (DistributedDataParallel over the predictors; NCCL on GPUs, gloo on CPU). Only rank 0
-writes.
+several under `torchrun` (DistributedDataParallel over the predictors; NCCL on GPUs, gloo on CPU), the frozen model
+replicated in each or sharded across them (`shard`, FSDP). Only rank 0 writes.
 
 Writes to `out`: `checkpoint.pt` every `save_every` steps and at the end (what `resume` continues from exactly),
 `train_log.jsonl` (every step's loss terms, `kept`, the fraction of the prompts alive after the last stage, and
-`kept_target`, the schedule's, averaged over processes), `train_options.json`, `train_summary.json` (the log's
+`kept_target`, the schedule's, averaged over processes; `MEASURED_FIELDS`: tokens per second and peak memory),
+`train_options.json`, `train_summary.json` (the log's
 first and last step and the mean of the last 50), and the trained predictors through `save_sdtp`
 (`sdtp_config.json`, `sdtp_predictors.safetensors`: `apply_sdtp(model, out)` loads them). When the masks of the
 last steps kept far more than the schedule, a warning says so: the task loss is outweighing the keep-ratio term, so
 the task loss never saw the schedule's pruning (raise the ratio weight).
 
-All randomness of a step (Gumbel noise, sampled ranking pairs) comes from a generator seeded by (seed, step, rank),
-and the data order is a function of (seed, step) (`BatchOrder`): a checkpoint's step is its data position and its
-random state, so that 2 steps + resume + 2 steps gives bitwise the weights of 4 steps straight.
+All randomness of a step (Gumbel noise, sampled ranking pairs) comes from one generator per row, seeded by
+(seed, step, record), and the data order is a function of (seed, step) (`BatchOrder`): a checkpoint's step is its
+data position and its random state, so that 2 steps + resume + 2 steps gives bitwise the weights of 4 steps
+straight. With the token-mean terms normalised over all processes (`PredictorObjective`), a step's update does not
+depend on how its global batch is split between processes either.
 """
 from __future__ import annotations
 
@@ -25,7 +28,6 @@ import warnings
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -33,15 +35,18 @@ from tqdm.auto import tqdm
 from ..hf.families import family_of
 from ..hf.patch import apply_sdtp, save_sdtp, sdtp_disabled, sdtp_predictors
 from ..predictor_file import TRAIN_OPTIONS_FILE
+from .activation_checkpointing import checkpoint_decoder_layers
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .data import Batch, BatchOrder, collate, read_examples
 from .losses import labelled_positions
 from .lr import warmup_cosine
-from .model import load_frozen_model
+from .model import frozen_precision, load_frozen_model
 from .objective import PredictorObjective
 from .options import SaliencyOptions, TrainOptions
+from .processes import Processes, StepMeter
 from .saliency import token_saliency
 from .schedule import describe_skipped, split_prunable
+from .sharding import shard_frozen_model
 from .shards import SaliencyShards, batch_saliency
 from .summary import write_summary
 
@@ -50,53 +55,20 @@ KEPT_GAP_STEPS = 50  # the last steps whose kept-minus-target gap the end-of-tra
 KEPT_GAP_WARNING = 0.1
 
 
-class _Processes:
-    """This process's place in a torchrun job (or a lone process): rank, world size, device."""
-
-    def __init__(self, device: Optional[str]):
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device is None:
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        self.owns_group = world > 1 and not dist.is_initialized()
-        if self.owns_group:
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        self.distributed = dist.is_initialized() and dist.get_world_size() > 1
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world = dist.get_world_size() if self.distributed else 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_finite(self, value: torch.Tensor) -> bool:
-        """Whether `value` is finite in every process (each must stop when one does, or the others would wait)."""
-        return bool(self.mean(torch.isfinite(value.detach()).float().reshape(1)).item() == 1.0)
-
-    def mean(self, values: torch.Tensor) -> torch.Tensor:
-        if self.distributed:
-            values = values.clone()
-            dist.all_reduce(values)
-            values /= self.world
-        return values
-
-    def close(self) -> None:
-        if self.owns_group:
-            dist.destroy_process_group()
-
-
-def _generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
-    digest = hashlib.sha256(f"sdtp-train:{seed}:{step}:{rank}".encode()).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little"))
+def _generators(seed: int, step: int, records: list[int], device: torch.device) -> list[torch.Generator]:
+    """One generator per row, seeded by (seed, step, record): a row's noise does not depend on which process trains
+    it or what it is batched with."""
+    generators = []
+    for record in records:
+        digest = hashlib.sha256(f"sdtp-train:{seed}:{step}:{record}".encode()).digest()
+        generators.append(torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little")))
+    return generators
 
 
 @torch.no_grad()
 def _unpruned_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
     positions, _ = labelled_positions(batch.labels)
-    with sdtp_disabled(model):
+    with sdtp_disabled(model), frozen_precision(model, batch.input_ids.device):
         return model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=positions, use_cache=False
         ).logits
@@ -140,26 +112,31 @@ def _stop_on_nonfinite(step: int, terms: dict[str, torch.Tensor], sources: list[
 
 def train(options: TrainOptions) -> nn.Module:
     """Train the predictors of `options.model` and return the model with them applied."""
-    processes = _Processes(options.device)
+    processes = Processes(options.device)
     try:
         return _train(options, processes)
     finally:
         processes.close()
 
 
-def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
+def _train(options: TrainOptions, processes: Processes) -> nn.Module:
     device, out = processes.device, options.out
     if not options.resume and os.path.exists(checkpoint_path(out)):
         raise ValueError(f"{out} already holds a training checkpoint; pass --resume to continue it, or another --out")
 
-    model = load_frozen_model(options.model, options.dtype, device)
+    model = load_frozen_model(options.model, options.dtype, device, options.attention)
     torch.manual_seed(options.seed)  # the predictors' initial weights (DDP also broadcasts rank 0's)
     apply_sdtp(model, options.sdtp)
     predictors = sdtp_predictors(model).float().requires_grad_(True).train()
     num_stages = len(predictors)
+    if options.checkpointing:
+        checkpoint_decoder_layers(model)
+    if options.shard:
+        shard_frozen_model(model, predictors)
 
     examples, skipped = split_prunable(options.sdtp, read_examples(
-        options.data, options.model, model.get_input_embeddings().num_embeddings, options.max_length))
+        options.data, options.model, model.get_input_embeddings().num_embeddings, options.max_length,
+        options.text_field))
     if skipped and processes.main:
         tqdm.write(f"sdtp train: skipped {describe_skipped(skipped)}", file=sys.stderr)
     marking = None
@@ -169,7 +146,7 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
         _check_marking(marking, stage_layers, len(examples), options.saliency)
     order = BatchOrder(len(examples), options.batch_size, processes.world, processes.rank, options.seed)
 
-    objective = PredictorObjective(model, options.sdtp, predictors, options.loss)
+    objective = PredictorObjective(model, options.sdtp, predictors, options.loss, normalizer=processes.mean)
     step_fn = DistributedDataParallel(objective) if processes.distributed else objective
     optimizer = torch.optim.AdamW(predictors.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
@@ -184,7 +161,7 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
     }
     step = 0
     if options.resume:
-        state = load_checkpoint(out, identity)
+        state = processes.from_main(lambda: load_checkpoint(out, identity))
         predictors.load_state_dict(state["predictors"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -197,8 +174,10 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
 
     progress = tqdm(total=options.max_steps, initial=step, desc="sdtp train", disable=not processes.main)
     recent_gap: list[float] = []
+    meter = StepMeter(device)
     try:
         while step < options.max_steps:
+            meter.start()
             records = order.records(step)
             batch = collate([examples[r] for r in records], records).to(device)
             if marking is not None:
@@ -206,7 +185,7 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
             else:
                 saliency = token_saliency(model, options.sdtp, batch, options.saliency or SaliencyOptions())
             teacher = _unpruned_logits(model, batch) if options.loss.task == "kl" else None
-            terms = step_fn(batch, saliency, teacher, _generator(options.seed, step, processes.rank, device))
+            terms = step_fn(batch, saliency, teacher, _generators(options.seed, step, records, device))
             if not processes.all_finite(terms["loss"]):
                 _stop_on_nonfinite(step + 1, terms, [examples[r].source for r in records], out)
 
@@ -221,13 +200,15 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
             names = list(terms)
             values = processes.mean(torch.stack([terms[name].detach().float() for name in names])).tolist()
             metrics = dict(zip(names, values))
+            measured = meter.stop(batch.attention_mask.sum(), processes)
             progress.update(1)
             progress.set_postfix(loss=f"{metrics['loss']:.4f}",
-                                 kept=f"{metrics['kept']:.3f}/{metrics['kept_target']:.3f}")
+                                 kept=f"{metrics['kept']:.3f}/{metrics['kept_target']:.3f}",
+                                 tok_s=f"{measured['tokens_per_s']:.0f}", peak=f"{measured['peak_mem_mib']:.0f}MiB")
             recent_gap = (recent_gap + [metrics["kept"] - metrics["kept_target"]])[-KEPT_GAP_STEPS:]
             if processes.main:
                 with open(os.path.join(out, LOG_FILE), "a") as f:
-                    f.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **metrics}) + "\n")
+                    f.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **metrics, **measured}) + "\n")
                 if step == options.max_steps or (options.save_every and step % options.save_every == 0):
                     save_checkpoint(out, {
                         "identity": identity,
@@ -248,4 +229,5 @@ def _train(options: TrainOptions, processes: _Processes) -> nn.Module:
             warnings.warn(f"over the last {len(recent_gap)} steps the training masks kept {gap:.2f} more of the prompt "
                           "than the schedule: the task loss outweighs the keep-ratio term and never saw the "
                           "schedule's pruning; consider a larger ratio weight (--ratio-weight)", stacklevel=2)
+    processes.wait_for_all()  # no process returns before process 0 has written the results
     return model

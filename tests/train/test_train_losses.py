@@ -7,7 +7,7 @@ import torch
 from sdtp_kernels.hf.masked import keep_policy
 from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.train.attention import POLICY_EPS, policy_attention_mask
-from sdtp_kernels.train.gumbel import hard_gumbel_keep, next_alive
+from sdtp_kernels.train.gumbel import gumbel_noise, hard_gumbel_keep, next_alive
 from sdtp_kernels.train.losses import keep_ratio_loss, masked_mse, ranking_loss
 from sdtp_kernels.train.schedule import keep_fractions, protected_tokens
 
@@ -26,10 +26,10 @@ def test_ranking_loss_sampled_pairs_estimate_all_pairs():
     scores, saliency = torch.randn(2, 40, generator=g), torch.randn(2, 40, generator=g)
     candidates = torch.rand(2, 40, generator=g) < 0.7
     exact = ranking_loss(scores, saliency, candidates, max_pairs=40 * 40)
-    sampled = ranking_loss(scores, saliency, candidates, max_pairs=20000, generator=g)
+    sampled = ranking_loss(scores, saliency, candidates, max_pairs=20000, generators=[g, g])
     assert sampled.item() == pytest.approx(exact.item(), rel=0.03)
     nothing = torch.zeros(2, 40, dtype=torch.bool)  # a batch without candidates: no pairs, no loss, no error
-    assert ranking_loss(scores, saliency, nothing, max_pairs=100, generator=g).item() == 0
+    assert ranking_loss(scores, saliency, nothing, max_pairs=100, generators=[g, g]).item() == 0
 
 
 def test_masked_mse_compares_shapes_over_candidates_only():
@@ -52,10 +52,17 @@ def test_masked_mse_compares_shapes_over_candidates_only():
 
 def test_hard_gumbel_keep_is_straight_through():
     logits = torch.randn(3, 50, 2, generator=torch.Generator().manual_seed(1), requires_grad=True)
-    keep = hard_gumbel_keep(logits, tau=0.5, generator=torch.Generator().manual_seed(0))
+    real = torch.ones(3, 50, dtype=torch.bool)
+    real[1, :7] = False  # a left-padded row draws over its own tokens only
+
+    def noise():
+        return gumbel_noise(logits, real, [torch.Generator().manual_seed(row) for row in range(3)])
+
+    keep = hard_gumbel_keep(logits, tau=0.5, noise=noise())
     assert set(keep.unique().tolist()) <= {0.0, 1.0}
-    again = hard_gumbel_keep(logits, tau=0.5, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(keep, again)
+    assert torch.equal(keep, hard_gumbel_keep(logits, tau=0.5, noise=noise()))
+    alone = gumbel_noise(logits[1:2, 7:], real[1:2, 7:], [torch.Generator().manual_seed(1)])
+    assert torch.equal(noise()[1, 7:], alone[0]) and not noise()[1, :7].any()  # independent of the padding
     keep.sum().backward()
     # d(soft keep)/d(logits): positive for KEEP, negative for DROP (0 where the softmax saturates in float32).
     assert torch.all(logits.grad[..., 0] >= 0) and torch.all(logits.grad[..., 1] <= 0)
@@ -66,7 +73,7 @@ def test_next_alive_keeps_protected_and_never_revives():
     alive = torch.tensor([[False, True, True, True, True, False]])
     protected = torch.tensor([[False, True, False, False, False, False]])
     drop_all = torch.tensor([0.0, 50.0]).expand(1, 6, 2)  # DROP wins whatever the noise
-    after = next_alive(drop_all, alive, protected, tau=1.0, generator=torch.Generator().manual_seed(0))
+    after = next_alive(drop_all, alive, protected, tau=1.0)
     assert after.tolist() == [[0.0, 1.0, 0.0, 0.0, 0.0, 0.0]]
     keep_all = torch.tensor([50.0, 0.0]).expand(1, 6, 2)
     assert next_alive(keep_all, after, protected, 1.0).tolist() == after.tolist()
