@@ -30,7 +30,7 @@ class PrunedStep:
         self.context = forward_context
         self.positions = positions
         self.stage_attention_layers = stage_attention_layers  # per stage 1..S: the attention layers it feeds
-        self.tp_group = tp_group
+        self.tp_group = tp_group  # None without tensor parallelism
         self.device = positions.device
         # The original rows of the tokens the current stage holds (None: all of them, in order).
         self.rows: Optional[torch.Tensor] = None
@@ -66,8 +66,9 @@ class PrunedStep:
         index, counts = ops.select_tokens(
             scores, _device(keep, self.device, torch.int64), _device(valid, self.device, torch.bool),
             self.config.num_sink, _device(plan.local, self.device, torch.int64), width=int(keep.max()))
-        if self.tp_group is not None and self.tp_group.world_size > 1:
-            # Every rank must drop the same tokens: rank 0's choice is everyone's.
+        if self.tp_group is not None:
+            # Every rank scores the same all-reduced hidden states (docs/ARCHITECTURE.md §8.3), yet a near tie may
+            # fall either way on ranks whose reductions differ in the last bit: rank 0's choice is everyone's.
             index = self.tp_group.broadcast(index, src=0)
         realized = counts.tolist()
         if realized != keep.tolist():

@@ -1,6 +1,9 @@
 """Engine settings and helpers the vLLM test modules share (each module starts one engine)."""
+import contextlib
+
 import torch
 
+TOLERANCE = 1e-4  # fp32 log-probabilities of two implementations of the same model
 ENGINE = dict(dtype="float32", skip_tokenizer_init=True, enable_prefix_caching=False, enable_chunked_prefill=False,
               max_model_len=1024, max_num_batched_tokens=4096, seed=0)
 
@@ -42,3 +45,30 @@ def hf_model(folder: str, **schedule):
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     return apply_sdtp(model, folder, **schedule)
+
+
+def hf_reference(folder: str, prompts, max_tokens, pruned: bool = True):
+    """apply_sdtp + generate() on the exported folder (pruned=False: with pruning disabled): (tokens,
+    log-probabilities) of each prompt."""
+    from sdtp_kernels.hf import sdtp_disabled
+
+    model = hf_model(folder)
+    with contextlib.nullcontext() if pruned else sdtp_disabled(model):
+        return [hf_generate(model, p, m) for p, m in zip(prompts, max_tokens)]
+
+
+def assert_same_generation(prompts, tokens, logprobs, reference):
+    """vLLM's (tokens, logprobs) per prompt equal the reference's: tokens exactly, log-probabilities to TOLERANCE."""
+    for prompt, got, got_lp, (want, want_lp) in zip(prompts, tokens, logprobs, reference, strict=True):
+        assert got == want, f"prompt of {len(prompt)} tokens"
+        difference = (torch.tensor(got_lp, dtype=torch.float64) - torch.tensor(want_lp, dtype=torch.float64)).abs()
+        assert difference.max().item() <= TOLERANCE, f"prompt of {len(prompt)} tokens: {difference.tolist()}"
+
+
+def _model_class(worker) -> str:
+    return type(worker.model_runner.get_model()).__name__
+
+
+def served_classes(llm) -> list[str]:
+    """The class of the model each rank of the engine runs."""
+    return llm.collective_rpc(_model_class)

@@ -2,13 +2,11 @@
 tokens and their log-probabilities, prompts of 1 to 333 tokens (across KV blocks) with different numbers of new
 tokens, so that steps mix first passes and decodes; kept counts read back from the engine; state freed."""
 import pytest
-import torch
 
-from engine import generate, greedy, hf_generate, hf_model, start
+from engine import TOLERANCE, assert_same_generation, generate, greedy, hf_reference, start
 from tiny import MAX_TOKENS, SCHEDULE, prompts, write_exported_model
 
 pytestmark = pytest.mark.slow
-TOLERANCE = 1e-4  # fp32 log-probabilities of two implementations of the same model
 
 
 @pytest.fixture(scope="module")
@@ -25,26 +23,17 @@ def llm(folder):
 
 @pytest.fixture(scope="module")
 def reference(folder):
-    model = hf_model(folder)
-    return [hf_generate(model, p, m) for p, m in zip(prompts(), MAX_TOKENS)]
+    return hf_reference(folder, prompts(), MAX_TOKENS)
 
 
 def test_greedy_tokens_and_logprobs_equal_apply_sdtp(llm, reference):
-    tokens, logprobs = generate(llm, prompts(), MAX_TOKENS)
-    for prompt, got, got_lp, (want, want_lp) in zip(prompts(), tokens, logprobs, reference):
-        assert got == want, f"prompt of {len(prompt)} tokens"
-        assert torch.allclose(torch.tensor(got_lp, dtype=torch.float64), torch.tensor(want_lp, dtype=torch.float64), atol=TOLERANCE,
-                              rtol=0), f"prompt of {len(prompt)} tokens"
+    assert_same_generation(prompts(), *generate(llm, prompts(), MAX_TOKENS), reference)
 
 
 def test_pruning_changes_the_result(folder, reference):
     """The equality above is not that of two dense runs: pruning moves the log-probabilities."""
-    from sdtp_kernels.hf import sdtp_disabled
-
-    model = hf_model(folder)
-    with sdtp_disabled(model):
-        dense = [hf_generate(model, p, m)[1] for p, m in zip(prompts(), MAX_TOKENS)]
-    moved = [abs(d[0] - r[1][0]) for d, r, p in zip(dense, reference, prompts()) if len(p) >= 17]
+    dense = hf_reference(folder, prompts(), MAX_TOKENS, pruned=False)
+    moved = [abs(d[1][0] - r[1][0]) for d, r, p in zip(dense, reference, prompts()) if len(p) >= 17]
     assert min(moved) > 20 * TOLERANCE, moved
 
 
@@ -78,12 +67,8 @@ def test_kept_counts_read_back_equal_the_schedule_and_are_freed(llm):
 def test_prompt_logprobs_run_unpruned(llm, folder):
     """A request that asks for the prompt's log-probabilities needs every prompt token at the last layer: it runs
     as the dense model, beside pruned requests in the same step."""
-    from sdtp_kernels.hf import sdtp_disabled
-
-    model = hf_model(folder)
     prompt = prompts()[7]
-    with sdtp_disabled(model):
-        want, want_lp = hf_generate(model, prompt, 4)
+    ((want, want_lp),) = hf_reference(folder, [prompt], [4], pruned=False)
     outputs = llm.generate([{"prompt_token_ids": prompt}, {"prompt_token_ids": prompts()[6]}],
                            [greedy(4, logprobs=1, prompt_logprobs=1), greedy(4)], use_tqdm=False)
     got = outputs[0].outputs[0]

@@ -2,9 +2,8 @@
 tokens it had generated; SDTP prunes the prompt exactly as before and never the generated tokens, so the result
 is that of a run without preemption (docs/ARCHITECTURE.md §8.3)."""
 import pytest
-import torch
 
-from engine import generate, hf_generate, hf_model, start
+from engine import assert_same_generation, generate, hf_reference, start
 from tiny import prompts, write_exported_model
 
 pytestmark = pytest.mark.slow
@@ -19,9 +18,4 @@ def test_recomputed_requests_equal_apply_sdtp(tmp_path):
     tokens, logprobs = generate(llm, batch, max_tokens)
     preemptions = sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
     assert preemptions > 0, "the test meant to preempt requests, and none was"
-    model = hf_model(folder)
-    for prompt, got, got_lp in zip(batch, tokens, logprobs):
-        want, want_lp = hf_generate(model, prompt, 20)
-        assert got == want
-        assert torch.allclose(torch.tensor(got_lp, dtype=torch.float64), torch.tensor(want_lp, dtype=torch.float64),
-                              atol=1e-4, rtol=0)
+    assert_same_generation(batch, tokens, logprobs, hf_reference(folder, batch, max_tokens))

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from engine import hf_generate, hf_model
+from engine import hf_reference
 from tiny import MAX_LEN, prompts, write_exported_model
 
 pytestmark = pytest.mark.slow
@@ -55,5 +55,5 @@ def test_completion_over_http(tmp_path):
         finally:
             server.terminate()
             server.wait(60)
-    want, _ = hf_generate(hf_model(folder), prompt, 6)
+    ((want, _),) = hf_reference(folder, [prompt], [6])
     assert answer["choices"][0]["token_ids"] == want
