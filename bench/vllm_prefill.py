@@ -17,6 +17,7 @@ import os
 import pathlib
 import platform
 import sys
+import tempfile
 import time
 
 import torch
@@ -89,16 +90,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--work-dir", default="bench-vllm", help="where the two model folders are written")
+    parser.add_argument("--work-dir", help="where the two model folders are written (default: a temporary folder, "
+                                           "removed afterwards); must not hold them already")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--plot", help="write a PNG plot of speed-up vs context here")
     args = parser.parse_args()
 
     sdtp = SDTPConfig()
-    root = pathlib.Path(args.work_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    dense_dir, sdtp_dir = write_models(root, sdtp)
-    dense, pruned = ttft(dense_dir, args.contexts, args.repeats), ttft(sdtp_dir, args.contexts, args.repeats)
+    with tempfile.TemporaryDirectory(prefix="sdtp-vllm-bench-") as scratch:
+        root = pathlib.Path(args.work_dir or scratch)
+        root.mkdir(parents=True, exist_ok=True)
+        dense_dir, sdtp_dir = write_models(root, sdtp)
+        dense, pruned = ttft(dense_dir, args.contexts, args.repeats), ttft(sdtp_dir, args.contexts, args.repeats)
     config = LlamaConfig(**PRESETS["cpu"]["model"])
     width = sdtp.predictor_width(config.hidden_size)
     stages = sdtp.stage_layers(config.num_hidden_layers)
