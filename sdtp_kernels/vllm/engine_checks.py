@@ -7,6 +7,7 @@ import dataclasses
 import logging
 
 from .architectures import TESTED_VLLM_VERSIONS
+from .defaults import WRAPPED
 from .schedule import served_schedule
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ _INTERNALS = [
     ("vllm.forward_context", "get_forward_context"),
     ("vllm.model_executor.layers.attention", "Attention"),
     ("vllm.model_executor.models.config", "MODELS_CONFIG_MAP"),
+    *(("vllm.config", f"ModelConfig.{name}") for name in WRAPPED),
 ]
 _COMMON_FIELDS = {"query_start_loc", "query_start_loc_cpu", "seq_lens", "seq_lens_cpu_upper_bound", "num_reqs",
                   "num_actual_tokens", "max_query_len", "max_seq_len", "block_table_tensor", "slot_mapping",
@@ -71,11 +73,11 @@ def refusals(vllm_config) -> list[str]:
     found = []
     if cache.enable_prefix_caching:
         found.append("prefix caching (a cached prefix would hold K/V of pruned layers for tokens another prompt "
-                     "keeps): pass enable_prefix_caching=False / --no-enable-prefix-caching")
+                     "keeps): leave it unset, off by default for SDTP models (or --no-enable-prefix-caching)")
     if scheduler.enable_chunked_prefill:
-        found.append("chunked prefill (a prompt split over steps cannot be ranked as a whole): pass "
-                     "enable_chunked_prefill=False / --no-enable-chunked-prefill, with max_num_batched_tokens >= "
-                     f"max_model_len ({model.max_model_len})")
+        found.append("chunked prefill (a prompt split over steps cannot be ranked as a whole): leave it unset, off by "
+                     "default for SDTP models (or --no-enable-chunked-prefill, with max_num_batched_tokens >= "
+                     f"max_model_len = {model.max_model_len})")
     if vllm_config.speculative_config is not None:
         found.append("speculative decoding (draft tokens are verified several at a time): leave "
                      "speculative_config unset")

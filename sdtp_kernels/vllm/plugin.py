@@ -1,10 +1,10 @@
 """The `vllm.general_plugins` entry point (docs/ARCHITECTURE.md §8.2). vLLM calls `register` in every process it
 starts (engine core, workers, the API server): the SDTP architectures join vLLM's model registry (imported lazily,
-when a folder names one), their engine-start checks join vLLM's per-architecture config hooks, and the runner link
-is installed."""
+when a folder names one), their engine-start checks join vLLM's per-architecture config hooks, vLLM's defaults leave
+chunked prefill and prefix caching off for them, and the runner link is installed."""
 from __future__ import annotations
 
-from . import runner_link
+from . import defaults, runner_link
 from .architectures import SDTP_ARCHITECTURES
 from .engine_checks import SDTPEngineChecks
 
@@ -16,4 +16,5 @@ def register() -> None:
     for architecture in SDTP_ARCHITECTURES.values():
         ModelRegistry.register_model(architecture, f"sdtp_kernels.vllm.models:{architecture}")
         MODELS_CONFIG_MAP[architecture] = SDTPEngineChecks
+    defaults.install()
     runner_link.install()

