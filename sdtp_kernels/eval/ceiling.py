@@ -56,7 +56,7 @@ def fitted_predictors(model, config: SDTPConfig, marked: list[MarkedBatch], step
             scores = predictors[s].log_odds(predictors[s].logits(hidden))
             target = batch.saliency[s]
             loss = loss + masked_mse(scores, target, batch.ranked) + ranking_loss(
-                scores, target, batch.ranked, 16384, generator)
+                scores, target, batch.ranked, 16384, [generator] * target.shape[0])  # one stream, row after row
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
