@@ -24,8 +24,8 @@ def load_frozen_model(model_dir: str, dtype: str, device: torch.device, attentio
 def frozen_precision(model: nn.Module, device: torch.device) -> contextlib.AbstractContextManager:
     """Where the frozen model's forward runs: a half-precision model under autocast to its dtype, so that what
     reaches it in float32 (the policy masks, docs/ARCHITECTURE.md §5.2) is cast per op and what autocast keeps in
-    float32 stays there; a float32 model as it is. The predictors opt out (`full_precision`)."""
-    if model.dtype == torch.float32:
+    float32 stays there; a float32 (or float64) model as it is. The predictors opt out (`full_precision`)."""
+    if model.dtype not in (torch.bfloat16, torch.float16):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=model.dtype)
 
