@@ -118,23 +118,29 @@ step pytest_cuda 180 env CUDA_LAUNCH_BLOCKING=1 "$PY" -m pytest -q -p no:cachepr
   --junitxml="$OUT/pytest_cuda.xml"
 
 # compute-sanitizer over a small run of every op and path. Without the caching allocator every tensor is its own
-# allocation, so memcheck sees out-of-bounds accesses and initcheck reads of memory never written.
-if [ "$DRY_RUN" = 1 ]; then
-  step sanitizer_smoke 120 "$PY" scripts/sanitizer_smoke.py --device cpu
-  for tool in memcheck racecheck initcheck synccheck; do dry_run_skip $tool; done
-elif [ -n "$SANITIZER" ]; then
-  for tool in memcheck initcheck racecheck synccheck; do
-    step $tool 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool $tool --error-exitcode 99 \
-      --print-limit 50 "$PY" scripts/sanitizer_smoke.py
+# allocation, so memcheck sees out-of-bounds accesses and initcheck reads of memory never written. memcheck and
+# initcheck come before the micro benchmark (whose figures set the score-path rule), racecheck and synccheck after.
+sanitize() {
+  for tool in "$@"; do
+    if [ "$DRY_RUN" = 1 ]; then
+      dry_run_skip "$tool"
+    elif [ -n "$SANITIZER" ]; then
+      step "$tool" 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool "$tool" --error-exitcode 99 \
+        --print-limit 50 "$PY" scripts/sanitizer_smoke.py
+    else
+      printf '%s\tnot-found\t0\t0\n' "$tool" >>"$STEPS"
+    fi
   done
-else
-  printf '%s\tnot-found\t0\t0\n' memcheck racecheck initcheck synccheck >>"$STEPS"
-fi
+}
+[ "$DRY_RUN" = 1 ] && step sanitizer_smoke 120 "$PY" scripts/sanitizer_smoke.py --device cpu
+sanitize memcheck initcheck
 
 bench_args=("$OUT/cuda_micro.json" --device "$DEV")
 [ "${GPU_CHECK_QUICK:-0}" = 1 ] && bench_args+=(--quick)
 [ "$DRY_RUN" = 1 ] && bench_args+=(--tiny)
 step cuda_micro 240 "$PY" bench/cuda_micro.py "${bench_args[@]}"
+
+sanitize racecheck synccheck
 
 # End-to-end prefill benchmark (bench/e2e.py), modest contexts by default so it fits the budget.
 e2e_args=${GPU_CHECK_E2E_ARGS:---contexts 4096 16384 32768 --new-tokens 32 --repeats 2}
