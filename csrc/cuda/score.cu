@@ -29,8 +29,6 @@ namespace {
 
 using cuda::ceil_div;
 
-__device__ __forceinline__ float gelu_erf(float y) { return 0.5f * y * (1.0f + erff(y * 0.70710678118654752440f)); }
-
 // ---------------------------------------------------------------------------------------------------------------
 // Fold: wf[h, d] = w1[h, d] * g[d] for d < D, 0 for D <= d < Dp.
 template <typename Tin, typename Tout>
@@ -262,7 +260,7 @@ __global__ void __launch_bounds__(kThreads, 2) score_mma_kernel(const Args a) {
 #pragma unroll
         for (int i = 0; i < kMFrags; ++i)
 #pragma unroll
-          for (int h = 0; h < 2; ++h) part[i][h] += gelu_erf(acc[i][j][2 * h + e] * inv_rms[i][h] + bias) * w;
+          for (int h = 0; h < 2; ++h) part[i][h] += cuda::gelu_erf(acc[i][j][2 * h + e] * inv_rms[i][h] + bias) * w;
       }
     }
 #pragma unroll
@@ -355,7 +353,7 @@ __global__ void __launch_bounds__(kThreads) score_simt_kernel(const Args a) {
     if (col < a.H) {
       const float bias = a.b1[col], w = a.w2[col];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) part[i] += gelu_erf(acc[i][j] * inv_rms[ty * 4 + i] + bias) * w;
+      for (int i = 0; i < 4; ++i) part[i] += cuda::gelu_erf(acc[i][j] * inv_rms[ty * 4 + i] + bias) * w;
     }
   }
   // The 16 threads of a row group are 16 consecutive lanes of one warp.

@@ -25,8 +25,6 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / cuda::kWarpSize;
 constexpr int64_t kChunkBytes = int64_t{32} << 20;  // fp32 intermediate per chunk: 32 MiB, within an H100/H200 L2
 
-__device__ __forceinline__ float gelu_erf(float y) { return 0.5f * y * (1.0f + erff(y * 0.70710678118654752440f)); }
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     score_epilogue_kernel(const T* __restrict__ x, const float* __restrict__ pre, const float* __restrict__ b1,
@@ -45,7 +43,7 @@ __global__ void __launch_bounds__(kThreads)
     const float inv_rms = rsqrtf(cuda::warp_sum(ss) * inv_d + eps);
     const float* pr = pre + t * H;
     float acc = 0.0f;
-    for (int64_t j = lane; j < H; j += cuda::kWarpSize) acc += w2[j] * gelu_erf(pr[j] * inv_rms + b1[j]);
+    for (int64_t j = lane; j < H; j += cuda::kWarpSize) acc += w2[j] * cuda::gelu_erf(pr[j] * inv_rms + b1[j]);
     acc = cuda::warp_sum(acc);
     if (lane == 0) out[t] = acc + b2[0];
   }
