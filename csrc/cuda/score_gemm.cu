@@ -60,7 +60,8 @@ ScorePath choose_score_path(at::ScalarType dtype) {
                              "got '", env, "'");
   }
   const auto& ctx = at::globalContext();
-  const bool reduced_fp32 = ctx.allowTF32CuBLAS() || ctx.float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST;
+  const bool reduced_fp32 =
+      ctx.allowTF32CuBLAS() || ctx.float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST;
   if (dtype == at::kFloat && reduced_fp32) return ScorePath::kFused;
   return ScorePath::kGemm;
 }
@@ -69,7 +70,8 @@ void score_gemm(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& g, 
                 const at::Tensor& w2, const at::Tensor& b2, float eps, at::Tensor& out, cudaStream_t stream) {
   const int64_t T = x.size(0), D = x.size(1), H = w1.size(0);
   auto wf = at::empty({H, D}, x.options());
-  SDTP_DISPATCH_FLOATING(x.scalar_type(), "sdtp_fold_weights", [&] { fold_weights<scalar_t>(w1, g, wf, D, D, stream); });
+  SDTP_DISPATCH_FLOATING(x.scalar_type(), "sdtp_fold_weights",
+                         [&] { fold_weights<scalar_t>(w1, g, wf, D, D, stream); });
   const auto wt = wf.t();  // [D, H] view: cuBLAS reads it transposed, no copy
   const int64_t chunk = std::min(T, std::max<int64_t>(128, kChunkBytes / (H * int64_t(sizeof(float))) / 128 * 128));
   auto pre = at::empty({chunk, H}, x.options().dtype(at::kFloat));
