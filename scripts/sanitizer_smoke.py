@@ -6,7 +6,7 @@ Each result is checked against the CPU op (bitwise for select/compact); exits 1 
     compute-sanitizer --tool memcheck python scripts/sanitizer_smoke.py
     python scripts/sanitizer_smoke.py --device cpu     # the same code without a GPU (gpu_check.sh --dry-run)
 
-saliency_score runs on both CUDA paths (SDTP_SCORE_PATH = fused, gemm).
+saliency_score runs on both CUDA paths (SDTP_SCORE_PATH = fused, gemm), or those --score-paths names.
 """
 import argparse
 import os
@@ -32,7 +32,10 @@ def same(a, b):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="default: %(default)s")
-    dev = torch.device(parser.parse_args().device)
+    parser.add_argument("--score-paths", nargs="+", default=["fused", "gemm"], choices=["fused", "gemm"],
+                        help="saliency_score paths to run (default: both)")
+    args = parser.parse_args()
+    dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 2
@@ -94,7 +97,7 @@ def main():
     x = torch.randn(3, 7, 16, device=dev)
     check("compact K=0", sdtp_kernels.compact(x, torch.empty(3, 0, dtype=torch.long, device=dev)).shape == (3, 0, 16))
 
-    for path in ("fused", "gemm"):
+    for path in args.score_paths:
         os.environ["SDTP_SCORE_PATH"] = path
         check_score(dev, g, path)
     if dev.type == "cuda":
