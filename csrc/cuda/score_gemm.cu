@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -25,29 +26,58 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / cuda::kWarpSize;
 constexpr int64_t kChunkBytes = int64_t{32} << 20;  // fp32 intermediate per chunk: 32 MiB, within an H100/H200 L2
 
-template <typename T>
+// kVec: every row read in 16-byte loads (x: 16 / sizeof(T) elements, pre / b1 / w2: 4 floats), which the host
+// chooses when D and H divide evenly and every base is 16-byte aligned; else one element per load. Both read each
+// row once, in a fixed order per lane (deterministic).
+template <typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads)
     score_epilogue_kernel(const T* __restrict__ x, const float* __restrict__ pre, const float* __restrict__ b1,
                           const float* __restrict__ w2, const float* __restrict__ b2, float* __restrict__ out,
                           int64_t T_, int64_t D, int64_t H, float inv_d, float eps) {
+  constexpr int kX = 16 / sizeof(T);  // elements of x per 16-byte load
   const int lane = threadIdx.x % cuda::kWarpSize;
   const int64_t first = int64_t(blockIdx.x) * kWarps + threadIdx.x / cuda::kWarpSize;
   const int64_t stride = int64_t(gridDim.x) * kWarps;
   for (int64_t t = first; t < T_; t += stride) {  // warp-uniform
     const T* xr = x + t * D;
-    float ss = 0.0f;
-    for (int64_t d = lane; d < D; d += cuda::kWarpSize) {
-      const float v = static_cast<float>(xr[d]);
-      ss += v * v;
+    const float* pr = pre + t * H;
+    float ss = 0.0f, acc = 0.0f;
+    if constexpr (kVec) {
+      const uint4* xv = reinterpret_cast<const uint4*>(xr);
+      for (int64_t v = lane; v < D / kX; v += cuda::kWarpSize) {
+        const uint4 u = xv[v];
+        const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+        for (int k = 0; k < kX; ++k) {
+          const float f = static_cast<float>(e[k]);
+          ss += f * f;
+        }
+      }
+    } else {
+      for (int64_t d = lane; d < D; d += cuda::kWarpSize) {
+        const float v = static_cast<float>(xr[d]);
+        ss += v * v;
+      }
     }
     const float inv_rms = rsqrtf(cuda::warp_sum(ss) * inv_d + eps);
-    const float* pr = pre + t * H;
-    float acc = 0.0f;
-    for (int64_t j = lane; j < H; j += cuda::kWarpSize) acc += w2[j] * cuda::gelu_erf(pr[j] * inv_rms + b1[j]);
+    if constexpr (kVec) {
+      const float4* pv = reinterpret_cast<const float4*>(pr);
+      const float4* bv = reinterpret_cast<const float4*>(b1);
+      const float4* wv = reinterpret_cast<const float4*>(w2);
+      for (int64_t j = lane; j < H / 4; j += cuda::kWarpSize) {
+        const float4 p = pv[j], b = bv[j], w = wv[j];
+        acc += w.x * cuda::gelu_erf(p.x * inv_rms + b.x) + w.y * cuda::gelu_erf(p.y * inv_rms + b.y) +
+               w.z * cuda::gelu_erf(p.z * inv_rms + b.z) + w.w * cuda::gelu_erf(p.w * inv_rms + b.w);
+      }
+    } else {
+      for (int64_t j = lane; j < H; j += cuda::kWarpSize) acc += w2[j] * cuda::gelu_erf(pr[j] * inv_rms + b1[j]);
+    }
     acc = cuda::warp_sum(acc);
     if (lane == 0) out[t] = acc + b2[0];
   }
 }
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 
@@ -87,7 +117,10 @@ void score_gemm(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& g, 
       at::mm_out(pc, xc, wt, at::kFloat);  // bf16/fp16 in, fp32 accumulate and out
     const int64_t blocks = std::min<int64_t>(ceil_div<int64_t>(n, kWarps), int64_t{8} * sms);
     SDTP_DISPATCH_FLOATING(x.scalar_type(), "sdtp_score_epilogue", [&] {
-      score_epilogue_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      const bool vec = D % (16 / int64_t(sizeof(scalar_t))) == 0 && H % 4 == 0 && aligned16(xc.data_ptr()) &&
+                       aligned16(pc.data_ptr()) && aligned16(b1.data_ptr()) && aligned16(w2.data_ptr());
+      auto kernel = vec ? score_epilogue_kernel<scalar_t, true> : score_epilogue_kernel<scalar_t, false>;
+      kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
           xc.data_ptr<scalar_t>(), pc.data_ptr<float>(), b1.data_ptr<float>(), w2.data_ptr<float>(),
           b2.data_ptr<float>(), out.data_ptr<float>() + t0, n, D, H, inv_d, eps);
     });
