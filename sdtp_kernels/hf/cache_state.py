@@ -17,10 +17,12 @@ class PrunedCacheState:
     layers of that group hold in their cache, in cache order; -1 for an empty slot (a row that kept fewer tokens)."""
     group_of_stage: list[Optional[int]]
     """Stage 0..S -> index into key_slots of the token set its layers hold; None where nothing was pruned yet."""
+    uniform: list[bool]
+    """One entry per key_slots entry: every row kept the same number of tokens (so it has no empty slot)."""
 
     @classmethod
     def unpruned(cls, num_stages: int) -> "PrunedCacheState":
-        return cls([], [None] * (num_stages + 1))
+        return cls([], [None] * (num_stages + 1), [])
 
 
 def cached_keys(cache: Any, index: int) -> int:

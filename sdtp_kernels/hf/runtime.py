@@ -53,7 +53,6 @@ class _Forward:
         self.state: Optional[PrunedCacheState] = None
         self.plan: Optional[_Plan] = None  # set for a prefill with pruning on, the only forward that prunes
         self.query_slots: Optional[torch.Tensor] = None  # decode: the new tokens' columns
-        self.uniform: dict[int, bool] = {}  # group -> every row kept the same count (no empty slot)
         self.group_inputs: dict[tuple, dict[str, Any]] = {}  # (group, window, visible keys) -> layer inputs
 
     def layer_inputs(self, layer, hidden: torch.Tensor, kwargs: dict):
@@ -125,8 +124,8 @@ class _Forward:
             )
             slots = index if current is None else torch.where(index >= 0, gather_rows(current, index), -1)
             state.key_slots.append(slots)
+            state.uniform.append(min(plan.counts[stage]) == max(plan.counts[stage]))
             state.group_of_stage[stage] = len(state.key_slots) - 1
-            self.uniform[state.group_of_stage[stage]] = min(plan.counts[stage]) == max(plan.counts[stage])
             return gather_rows(hidden, index)
 
     def _group_inputs(self, group: int, window: Optional[int], visible: int, kwargs: dict,
@@ -143,8 +142,13 @@ class _Forward:
                 if window is not None and window >= max(self.plan.counts[0]):
                     window = None
                 # Without empty slots or a window the mask is plain causal: leave it to sdpa's is_causal.
-                no_mask = attn == "sdpa" and self.uniform[group] and window is None
+                no_mask = attn == "sdpa" and self.state.uniform[group] and window is None
                 mask = None if no_mask else format_mask(slot_mask(keys, keys, window=window), attn, dtype)
+            elif (attn == "sdpa" and kwargs.get("attention_mask") is None and self.state.uniform[group]
+                  and window is None):
+                # Decode where transformers gives the unpruned layers no mask (no padding) and this group has no
+                # empty slot: every cached key is attended, so sdpa runs the same unmasked kernels as they do.
+                queries, mask = None, None
             else:
                 queries = None
                 real = None
