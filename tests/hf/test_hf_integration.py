@@ -236,3 +236,26 @@ def test_predictor_files_with_nan_are_refused(tmp_path):
 def test_unknown_scorer_names_the_known_ones():
     with pytest.raises(ValueError, match="unknown scorer 'best'; known scorers: predictor, random, attention"):
         apply_sdtp(tiny_model("llama"), PRUNING, scorer="best")
+
+
+def test_decoding_without_padding_gives_pruned_layers_no_mask_as_the_dense_layers_get():
+    """sdpa then runs the dense model's unmasked kernels; with padding every layer gets a mask (docs §4.5)."""
+    model = apply_sdtp(tiny_model("llama", "sdpa"), PRUNING)
+    seen = []
+    layer = model.model.layers[LAYERS - 1]  # pruned in every stage
+    hook = layer.layer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True)
+    try:
+        for batch in (1, 2):
+            seen.clear()
+            ids, mask = prompts(batch)
+            with torch.no_grad():
+                model.generate(ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+            decode_masks = seen[1:]
+            assert len(decode_masks) == 2
+            if batch == 1:
+                assert all(m is None for m in decode_masks)
+            else:
+                assert all(m is not None and m.shape[-1] > 1 for m in decode_masks)
+    finally:
+        hook.remove()
