@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
-from .data_files import data_records
+from .data_files import RecordFile
 
 IGNORE_INDEX = -100
 TEXT_FIELD = "text"
@@ -139,10 +139,22 @@ def read_examples(path: str, model_dir: str, vocab_size: int, max_length: Option
                   text_field: str = TEXT_FIELD) -> Iterator[Example]:
     """Examples of a data file or folder (`data_files`), in file order, streamed. `max_length` keeps each record's
     last tokens; `text_field` is the field of text records."""
-    tokenize = _Tokenizer(model_dir)
-    for where, record in data_records(path):
-        example = _example(where, record, tokenize, vocab_size, text_field)
-        example = _truncate(dataclasses.replace(example, source=where), max_length)
+    reader = ExampleReader(model_dir, vocab_size, max_length, text_field)
+    for _, where, record in RecordFile(path).records():
+        yield reader(where, record)
+
+
+class ExampleReader:
+    """One record (with its location) -> its checked Example; a bad record raises naming its location."""
+
+    def __init__(self, model_dir: str, vocab_size: int, max_length: Optional[int] = None,
+                 text_field: str = TEXT_FIELD):
+        self.tokenize = _Tokenizer(model_dir)
+        self.vocab_size, self.max_length, self.text_field = vocab_size, max_length, text_field
+
+    def __call__(self, where: str, record) -> Example:
+        example = _example(where, record, self.tokenize, self.vocab_size, self.text_field)
+        example = _truncate(dataclasses.replace(example, source=where), self.max_length)
         if example.prompt_length == 0:
             raise ValueError(f"{where}: no prompt token left to prune (answer only, or cut away by max_length)")
         if all(label == IGNORE_INDEX for label in example.labels[1:]):
@@ -150,7 +162,7 @@ def read_examples(path: str, model_dir: str, vocab_size: int, max_length: Option
                 f"{where}: no labelled token after the first, so there is no LM loss to compute (the first token is "
                 "never predicted)"
             )
-        yield example
+        return example
 
 
 def collate(examples: Sequence[Example], records: Sequence[int]) -> Batch:

@@ -7,8 +7,9 @@ from typing import Any, Optional
 
 from ..config import SDTPConfig
 from ..hf.model_dir import local_model_dir
-from .data import IGNORE_INDEX, TEXT_FIELD, read_examples
-from .schedule import describe_skipped, split_prunable
+from .data import TEXT_FIELD
+from .examples import ExampleIndex
+from .schedule import describe_skipped
 
 
 def _stats(values: list[int]) -> dict[str, Any]:
@@ -23,20 +24,19 @@ def check_data(model_dir: str, data: str, config: SDTPConfig, max_length: Option
     from transformers import AutoConfig
 
     model_config = AutoConfig.from_pretrained(local_model_dir(model_dir), local_files_only=True)
-    usable, skipped = split_prunable(config, read_examples(data, model_dir, model_config.vocab_size, max_length,
-                                                                text_field))
+    usable = ExampleIndex(data, model_dir, model_config.vocab_size, config, max_length, text_field)
     report = {
         "data": data,
-        "records": len(usable) + len(skipped),
+        "records": len(usable) + len(usable.skipped),
         "usable_records": len(usable),
-        "skipped_records": [e.source for e in skipped],
-        "tokens_per_record": _stats([len(e.input_ids) for e in usable]),
-        "prompt_tokens_per_record": _stats([e.prompt_length for e in usable]),
-        "labelled_tokens": sum(sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in usable),
+        "skipped_records": usable.skipped,
+        "tokens_per_record": _stats(list(usable.lengths)),
+        "prompt_tokens_per_record": _stats(list(usable.prompt_lengths)),
+        "labelled_tokens": usable.labelled_tokens,
         "stage_layers": config.stage_layers(model_config.num_hidden_layers),
     }
-    if skipped:
-        report["skipped"] = describe_skipped(skipped)
+    if usable.skipped:
+        report["skipped"] = describe_skipped(usable.skipped)
     if batch_size is not None:
         report["batches_per_epoch"] = len(usable) // batch_size
         if len(usable) < batch_size:

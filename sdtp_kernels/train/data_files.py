@@ -1,6 +1,8 @@
-"""The files training and marking data come in, read as a stream of (location, record dict) in file order:
+"""The files training and marking data come in, read in file order or one record at a time by its number:
 
-- ``*.jsonl`` (one JSON object a line) and ``*.json`` (a list of objects), read here;
+- ``*.jsonl`` (one JSON object a line): read here; only each line's byte offset is remembered, and a record read by
+  number is read again from its line;
+- ``*.json`` (a list of objects): read here, whole (use JSONL or a table for data larger than memory);
 - ``*.parquet`` and ``*.arrow`` files and folders written by the `datasets` library's ``save_to_disk``, read through
   `datasets` (the optional extra ``sdtp_kernels[data]``), memory-mapped: only the rows being read are in memory.
 
@@ -10,24 +12,71 @@ from __future__ import annotations
 
 import json
 import os
+from array import array
 from typing import Any, Iterator
 
 TABLE_SUFFIXES = (".parquet", ".arrow")
 FORMATS = "a .jsonl or .json file, a .parquet or .arrow file, or a folder written by datasets' save_to_disk"
 
 
-def data_records(path: str) -> Iterator[tuple[str, dict]]:
-    """(location for error messages, record) of every record of `path`, in file order."""
-    if os.path.isdir(path):
-        yield from _table_records(path, _load_from_disk(path))
-    elif not os.path.isfile(path):
-        raise FileNotFoundError(f"data {path} does not exist; expected {FORMATS}")
-    elif path.endswith(TABLE_SUFFIXES):
-        datasets = _datasets(path)
-        table = datasets.Dataset.from_file(path) if path.endswith(".arrow") else datasets.Dataset.from_parquet(path)
-        yield from _table_records(path, table)
-    else:
-        yield from _json_records(path)
+class RecordFile:
+    """The records of one data file or folder: `records()` in file order, `record(number)` any one again."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._table = None  # a datasets.Dataset (memory-mapped)
+        self._list = None  # the records of a .json list
+        self._offsets = array("q")  # JSONL: byte offset and line number of each record, filled by records()
+        self._lines = array("q")
+        if os.path.isdir(path):
+            self._table = _load_from_disk(path)
+        elif not os.path.isfile(path):
+            raise FileNotFoundError(f"data {path} does not exist; expected {FORMATS}")
+        elif path.endswith(TABLE_SUFFIXES):
+            datasets = _datasets(path)
+            self._table = (datasets.Dataset.from_file(path) if path.endswith(".arrow")
+                           else datasets.Dataset.from_parquet(path))
+        elif not path.endswith(".jsonl"):
+            self._list = _json_list(path)
+
+    def records(self) -> Iterator[tuple[int, str, Any]]:
+        """(record number, location, record) of every record, in file order."""
+        if self._table is not None:
+            for number, row in enumerate(self._table):
+                yield number, f"{self.path} row {number}", _table_record(row)
+        elif self._list is not None:
+            for number, record in enumerate(self._list):
+                yield number, f"{self.path} record {number}", record
+        else:
+            yield from self._jsonl_records()
+
+    def record(self, number: int) -> tuple[str, Any]:
+        """(location, record) of record `number`, read again (for JSONL, after records() has passed it)."""
+        if self._table is not None:
+            return f"{self.path} row {number}", _table_record(self._table[number])
+        if self._list is not None:
+            return f"{self.path} record {number}", self._list[number]
+        with open(self.path, "rb") as f:
+            f.seek(self._offsets[number])
+            return self._parse(self._lines[number], f.readline())
+
+    def _jsonl_records(self) -> Iterator[tuple[int, str, Any]]:
+        self._offsets, self._lines = array("q"), array("q")
+        offset = 0
+        with open(self.path, "rb") as f:
+            for line_number, line in enumerate(f, start=1):
+                if line.strip():
+                    self._offsets.append(offset)
+                    self._lines.append(line_number)
+                    yield len(self._offsets) - 1, *self._parse(line_number, line)
+                offset += len(line)
+
+    def _parse(self, line_number: int, line: bytes) -> tuple[str, Any]:
+        where = f"{self.path} line {line_number}"
+        try:
+            return where, json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{where} is not valid JSON: {e}") from None
 
 
 def _datasets(path: str):
@@ -55,23 +104,12 @@ def _load_from_disk(path: str):
     return loaded
 
 
-def _table_records(path: str, table) -> Iterator[tuple[str, dict[str, Any]]]:
+def _table_record(row: dict[str, Any]) -> dict[str, Any]:
     # A table has one schema for all rows: a field a row does not have is a null there, not part of the record.
-    for number, row in enumerate(table):
-        yield f"{path} row {number}", {name: value for name, value in row.items() if value is not None}
+    return {name: value for name, value in row.items() if value is not None}
 
 
-def _json_records(path: str) -> Iterator[tuple[str, Any]]:
-    if path.endswith(".jsonl"):
-        with open(path) as f:
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    where = f"{path} line {number}"
-                    try:
-                        yield where, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{where} is not valid JSON: {e}") from None
-        return
+def _json_list(path: str) -> list:
     with open(path) as f:
         try:
             records = json.load(f)
@@ -80,5 +118,4 @@ def _json_records(path: str) -> Iterator[tuple[str, Any]]:
                              f"other formats are {FORMATS}") from None
     if not isinstance(records, list):
         raise ValueError(f"{path} must hold a JSON list of records, got a {type(records).__name__}")
-    for number, record in enumerate(records):
-        yield f"{path} record {number}", record
+    return records

@@ -12,12 +12,13 @@ from tqdm.auto import tqdm
 from ..config import SDTPConfig
 from ..hf.families import family_of
 from .activation_checkpointing import checkpoint_decoder_layers
-from .data import TEXT_FIELD, Batch, batches, read_examples
+from .data import TEXT_FIELD, Batch, batches
+from .examples import ExampleIndex
 from .model import load_frozen_model
 from .options import SaliencyOptions
 from .processes import Processes
 from .saliency import token_saliency
-from .schedule import describe_skipped, split_prunable
+from .schedule import describe_skipped
 from .sharding import shard_frozen_model
 from .shards import ShardWriter
 
@@ -71,8 +72,9 @@ def _mark(processes: Processes, model_dir: str, data: str, out: str, config: SDT
         "data": data,
         "max_length": max_length,
     }
-    examples, skipped = split_prunable(config, read_examples(
-        data, model_dir, model.get_input_embeddings().num_embeddings, max_length, text_field))
+    examples = ExampleIndex(data, model_dir, model.get_input_embeddings().num_embeddings, config, max_length,
+                            text_field)
+    skipped = examples.skipped
     if not examples:
         raise ValueError(f"{data} holds no record to mark" + (f": skipped {describe_skipped(skipped)}" if skipped
                                                                 else ""))
@@ -81,7 +83,7 @@ def _mark(processes: Processes, model_dir: str, data: str, out: str, config: SDT
     else:
         if skipped:
             tqdm.write(f"sdtp mark: skipped {describe_skipped(skipped)}", file=sys.stderr)
-        writer = ShardWriter(out, {**metadata, "skipped_records": [e.source for e in skipped]}, records_per_shard)
+        writer = ShardWriter(out, {**metadata, "skipped_records": skipped}, records_per_shard)
     with tqdm(total=len(examples), desc="sdtp mark", unit="record", disable=not processes.main) as progress:
         for group in _rounds(batches(examples, batch_size), processes.world):
             # Every process runs a forward each round (a sharded model gathers its weights collectively): one

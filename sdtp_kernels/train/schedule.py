@@ -1,12 +1,9 @@
 """The SDTP schedule applied to a training batch: which tokens no stage may drop, and how many each stage keeps."""
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
 
 from ..config import SDTPConfig
-from .data import Example
 
 
 def protected_tokens(config: SDTPConfig, prompt_mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -25,18 +22,9 @@ def has_prunable_tokens(config: SDTPConfig, prompt_length: int) -> bool:
     return config.num_sink + config.local_count(prompt_length) < prompt_length
 
 
-def split_prunable(config: SDTPConfig, examples: Iterable[Example]) -> tuple[list[Example], list[Example]]:
-    """(examples with a prunable token, the others). A record whose every prompt token is protected teaches the
-    predictors nothing, and its saliency statistics (over no ranked token) are undefined."""
-    kept, skipped = [], []
-    for example in examples:
-        (kept if has_prunable_tokens(config, example.prompt_length) else skipped).append(example)
-    return kept, skipped
-
-
-def describe_skipped(skipped: list[Example]) -> str:
-    """One line for the log: how many records were skipped, why, and the first few of them."""
-    shown = ", ".join(e.source for e in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+def describe_skipped(skipped: list[str]) -> str:
+    """One line for the log: how many records were skipped, why, and the first few of them (their locations)."""
+    shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
     return (f"{len(skipped)} record(s) whose prompt has no token outside the protected ones (the first num_sink and "
             f"the last ceil(local_ratio * L)), so nothing to rank or prune: {shown}")
 

@@ -37,7 +37,8 @@ from ..hf.patch import apply_sdtp, save_sdtp, sdtp_disabled, sdtp_predictors
 from ..predictor_file import TRAIN_OPTIONS_FILE
 from .activation_checkpointing import checkpoint_decoder_layers
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from .data import Batch, BatchOrder, collate, read_examples
+from .data import Batch, BatchOrder, collate
+from .examples import ExampleIndex
 from .losses import labelled_positions
 from .lr import warmup_cosine
 from .model import frozen_precision, load_frozen_model
@@ -45,7 +46,7 @@ from .objective import PredictorObjective
 from .options import SaliencyOptions, TrainOptions
 from .processes import Processes, StepMeter
 from .saliency import token_saliency
-from .schedule import describe_skipped, split_prunable
+from .schedule import describe_skipped
 from .sharding import shard_frozen_model
 from .shards import SaliencyShards, batch_saliency
 from .summary import write_summary
@@ -134,11 +135,10 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
     if options.shard:
         shard_frozen_model(model, predictors)
 
-    examples, skipped = split_prunable(options.sdtp, read_examples(
-        options.data, options.model, model.get_input_embeddings().num_embeddings, options.max_length,
-        options.text_field))
-    if skipped and processes.main:
-        tqdm.write(f"sdtp train: skipped {describe_skipped(skipped)}", file=sys.stderr)
+    examples = ExampleIndex(options.data, options.model, model.get_input_embeddings().num_embeddings, options.sdtp,
+                            options.max_length, options.text_field)
+    if examples.skipped and processes.main:
+        tqdm.write(f"sdtp train: skipped {describe_skipped(examples.skipped)}", file=sys.stderr)
     marking = None
     if options.saliency_dir is not None:
         marking = SaliencyShards(options.saliency_dir)
@@ -223,7 +223,7 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
     if processes.main:
         save_sdtp(model, out)
         write_summary(out, LOG_FILE, {"sdtp": options.sdtp.to_dict(), "loss": dataclasses.asdict(options.loss),
-                                      "records": len(examples), "skipped_records": [e.source for e in skipped]})
+                                      "records": len(examples), "skipped_records": examples.skipped})
         gap = sum(recent_gap) / len(recent_gap) if recent_gap else 0.0
         if gap > KEPT_GAP_WARNING:
             warnings.warn(f"over the last {len(recent_gap)} steps the training masks kept {gap:.2f} more of the prompt "
