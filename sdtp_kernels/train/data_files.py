@@ -28,6 +28,7 @@ class RecordFile:
         self._list = None  # the records of a .json list
         self._offsets = array("q")  # JSONL: byte offset and line number of each record, filled by records()
         self._lines = array("q")
+        self._version = None  # JSONL: (size, mtime) when records() read it
         if os.path.isdir(path):
             self._table = _load_from_disk(path)
         elif not os.path.isfile(path):
@@ -57,6 +58,8 @@ class RecordFile:
         if self._list is not None:
             return f"{self.path} record {number}", self._list[number]
         with open(self.path, "rb") as f:
+            if _version(f) != self._version:  # the offsets would point into other records
+                raise RuntimeError(f"{self.path} changed since it was read; restart to read it again")
             f.seek(self._offsets[number])
             return self._parse(self._lines[number], f.readline())
 
@@ -64,6 +67,7 @@ class RecordFile:
         self._offsets, self._lines = array("q"), array("q")
         offset = 0
         with open(self.path, "rb") as f:
+            self._version = _version(f)
             for line_number, line in enumerate(f, start=1):
                 if line.strip():
                     self._offsets.append(offset)
@@ -102,6 +106,11 @@ def _load_from_disk(path: str):
                              f"(e.g. {os.path.join(path, sorted(loaded)[0])})")
         loaded = next(iter(loaded.values()))
     return loaded
+
+
+def _version(f) -> tuple[int, int]:
+    stat = os.fstat(f.fileno())
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _table_record(row: dict[str, Any]) -> dict[str, Any]:

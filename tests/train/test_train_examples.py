@@ -73,3 +73,11 @@ def test_memory_does_not_grow_with_the_tokens_of_the_corpus(tmp_path):
     assert examples[1].input_ids == records[150]["input_ids"]
     assert list_bytes > 20e6  # what reading the corpus into memory costs
     assert index_bytes < 1e6 and peak < 2e6, (index_bytes, peak)  # the index and 3 examples; one line at a time
+
+
+def test_a_file_changed_after_indexing_is_refused_not_misread(tmp_path):
+    path = _write(tmp_path / "d.jsonl", RECORDS)
+    index = ExampleIndex(path, str(tmp_path), 10, PRUNING)
+    _write(tmp_path / "d.jsonl", RECORDS[::-1])
+    with pytest.raises(RuntimeError, match="changed since it was read"):
+        index[0]
