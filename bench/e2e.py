@@ -104,8 +104,8 @@ def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: 
         dense_runs, sdtp_runs = dense_and_sdtp(model, prefill, device, repeats, clock)
         (dense_prefill, dense_prefill_mem), (sdtp_prefill, sdtp_prefill_mem) = min(dense_runs), min(sdtp_runs)
         # Twice each: the first generate at a new prompt length also pays one-time costs per new attention shape
-        # (on CUDA, cuDNN builds an attention plan per key length, and pruned layers have a key length per stage);
-        # the second is the steady state.
+        # (on an H200 SDTP's was 3.5x-5x slower than dense, likely the SDPA backend planning each new key length:
+        # pruned layers have one key length per stage); the second is the steady state.
         dense_runs, sdtp_runs = dense_and_sdtp(model, generate, device, 2, clock)
         (dense_e2e, dense_mem), (sdtp_e2e, sdtp_mem) = dense_runs[1], sdtp_runs[1]
         dense_e2e_first, sdtp_e2e_first = dense_runs[0][0], sdtp_runs[0][0]
