@@ -104,7 +104,7 @@ def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: 
         dense_runs, sdtp_runs = dense_and_sdtp(model, prefill, device, repeats, clock)
         (dense_prefill, dense_prefill_mem), (sdtp_prefill, sdtp_prefill_mem) = min(dense_runs), min(sdtp_runs)
         # Twice each: the first generate at a new prompt length also pays one-time costs per new attention shape
-        # (on an H200 SDTP's was 3.5x-5x slower than dense, likely the SDPA backend planning each new key length:
+        # (on an H200 SDTP's was 3.6x-5.3x slower than dense, likely the SDPA backend planning each new key length:
         # pruned layers have one key length per stage); the second is the steady state.
         dense_runs, sdtp_runs = dense_and_sdtp(model, generate, device, 2, clock)
         (dense_e2e, dense_mem), (sdtp_e2e, sdtp_mem) = dense_runs[1], sdtp_runs[1]
