@@ -136,25 +136,23 @@ class _Forward:
         attn = run.model_config._attn_implementation
         keys = self.state.key_slots[group][:, -visible:]
         with torch.profiler.record_function("sdtp.prune"):
+            # A window as long as the prompt is full attention, and costs nothing.
+            if self.plan is not None and window is not None and window >= max(self.plan.counts[0]):
+                window = None
+            # sdpa needs no mask where no row has an empty slot and no window cuts the keys: in a prefill the mask
+            # is plain causal (sdpa's is_causal); in a decode where transformers gives the unpruned layers none (no
+            # padding), every cached key is attended, so the same unmasked kernels run as for them.
+            unmasked = attn == "sdpa" and self.state.uniform[group] and window is None
             if self.plan is not None:  # prefill: the queries are the kept tokens themselves
                 queries = keys
-                # A window as long as the prompt is full attention, and costs nothing.
-                if window is not None and window >= max(self.plan.counts[0]):
-                    window = None
-                # Without empty slots or a window the mask is plain causal: leave it to sdpa's is_causal.
-                no_mask = attn == "sdpa" and self.state.uniform[group] and window is None
-                mask = None if no_mask else format_mask(slot_mask(keys, keys, window=window), attn, dtype)
-            elif (attn == "sdpa" and kwargs.get("attention_mask") is None and self.state.uniform[group]
-                  and window is None):
-                # Decode where transformers gives the unpruned layers no mask (no padding) and this group has no
-                # empty slot: every cached key is attended, so sdpa runs the same unmasked kernels as they do.
-                queries, mask = None, None
+                mask = None if unmasked else format_mask(slot_mask(keys, keys, window=window), attn, dtype)
             else:
-                queries = None
-                real = None
-                if self.padding_mask is not None:
-                    real = self.padding_mask.to(keys.device).gather(1, keys.clamp(min=0))
-                mask = format_mask(slot_mask(self.query_slots.to(keys.device), keys, real, window), attn, dtype)
+                queries, mask = None, None
+                if not (unmasked and kwargs.get("attention_mask") is None):
+                    real = None
+                    if self.padding_mask is not None:
+                        real = self.padding_mask.to(keys.device).gather(1, keys.clamp(min=0))
+                    mask = format_mask(slot_mask(self.query_slots.to(keys.device), keys, real, window), attn, dtype)
             return {"attention_mask": mask, **run.family.position_kwargs(kwargs, queries, keys)}
 
 
