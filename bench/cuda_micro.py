@@ -147,7 +147,8 @@ def bench_select(torch, sdtp, ref, size, iters):
             rows.append(row)
             print(f"select B={B} N={N} keep={keep}: sdtp {t:.3f} ms, width given "
                   f"{row['sdtp_width_given']['median_ms']:.3f} ms, integration's config "
-                  f"{row['sdtp_integration_config']['median_ms']:.3f} ms, topk+sort {row['topk_sort']['median_ms']:.3f} ms, "
+                  f"{row['sdtp_integration_config']['median_ms']:.3f} ms, "
+                  f"topk+sort {row['topk_sort']['median_ms']:.3f} ms, "
                   f"python_ref {row['python_ref']['median_ms']:.3f} ms, x{row['speedup_vs_topk_sort']:.2f} vs topk, "
                   f"equal={row['equal_to_reference']}", flush=True)
         del scores
@@ -257,9 +258,10 @@ def bench_score(torch, sdtp, size, iters, ceilings):
         row["auto_within_5pct_of_faster"] = row["auto"]["median_ms"] <= 1.05 * row[best]["median_ms"]
         row["auto_not_slower_than_unfused"] = row["auto"]["median_ms"] <= tb["median_ms"]
         rows.append(row)
-        print(f"score T={T} {row['dtype']}: fused {row['fused']['median_ms']:.3f} ms, gemm {row['gemm']['median_ms']:.3f} "
-              f"ms, auto {row['auto']['median_ms']:.3f} ms, unfused {tb['median_ms']:.3f} ms, roofline {bound_ms:.3f} "
-              f"ms; err fused {row['fused']['max_abs_err_vs_fp64_first_4096']:.2e} gemm "
+        print(f"score T={T} {row['dtype']}: fused {row['fused']['median_ms']:.3f} ms, "
+              f"gemm {row['gemm']['median_ms']:.3f} ms, auto {row['auto']['median_ms']:.3f} ms, "
+              f"unfused {tb['median_ms']:.3f} ms, roofline {bound_ms:.3f} ms; "
+              f"err fused {row['fused']['max_abs_err_vs_fp64_first_4096']:.2e} gemm "
               f"{row['gemm']['max_abs_err_vs_fp64_first_4096']:.2e} unfused "
               f"{row['max_abs_err_unfused_vs_fp64_first_4096']:.2e}", flush=True)
         del x

@@ -225,7 +225,8 @@ def main() -> None:
         "preset": preset_name,
         "model": {**preset["model"], "dtype": str(preset["dtype"]), "attn_implementation": "sdpa"},
         "sdtp": sdtp.to_dict(),
-        "timing": f"best of {args.repeats} prefills, dense and SDTP interleaved; end-to-end: the second of two generates each (the first, with one-time costs, as *_first)",
+        "timing": f"best of {args.repeats} prefills, dense and SDTP interleaved; end-to-end: the second of two "
+                  "generates each (the first, with one-time costs, as *_first)",
         "clock": args.clock,
         "peak_mem_method": PEAK_MEM_METHOD[args.device],
         "flops_method": FLOPS_METHOD,

@@ -1,6 +1,6 @@
 // Host-side code that the CPU (csrc/cpu) and CUDA (csrc/cuda) ops both run: the dtype dispatch, output shapes,
-// the `width` check of select_tokens, the index range check of compact and the cu_seqlens of compact_varlen. Kept in one place so that both backends
-// answer with the same shapes, values and error messages.
+// the `width` check of select_tokens, the index range check of compact and the cu_seqlens of compact_varlen. Kept
+// in one place so that both backends answer with the same shapes, values and error messages.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

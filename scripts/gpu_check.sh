@@ -102,7 +102,10 @@ fi
 BUILD_CC=${GPU_CHECK_CC:-$([ -x /usr/bin/gcc ] && echo /usr/bin/gcc || echo "${CC:-gcc}")}
 BUILD_CXX=${GPU_CHECK_CXX:-$([ -x /usr/bin/g++ ] && echo /usr/bin/g++ || echo "${CXX:-g++}")}
 
-step environment 60 bash -c "echo CC=$BUILD_CC CXX=$BUILD_CXX; nvidia-smi || true; echo; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())'; echo; nvcc --version; echo; echo compute-sanitizer: ${SANITIZER:-not found}; nproc"
+step environment 60 bash -c "echo CC=$BUILD_CC CXX=$BUILD_CXX; nvidia-smi || true; echo
+  $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda,
+    torch.cuda.is_available() and torch.cuda.get_device_name())'
+  echo; nvcc --version; echo; echo compute-sanitizer: ${SANITIZER:-not found}; nproc"
 
 dry_run_skip build || step build 360 env CC="$BUILD_CC" CXX="$BUILD_CXX" SDTP_CUDA=1 \
   TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
@@ -120,7 +123,10 @@ except ValueError as e:
 else:
     raise SystemExit("no error raised")'
 if command -v cuobjdump >/dev/null 2>&1; then
-  step cuobjdump 30 bash -c "so=\$($PY -c 'import sdtp_kernels.ops as o, glob, os; print(glob.glob(os.path.join(os.path.dirname(o.__file__), \"_C*.so\"))[0])') && cuobjdump --list-elf \"\$so\" && cuobjdump --list-ptx \"\$so\""
+  step cuobjdump 30 bash -c "
+    so=\$($PY -c 'import sdtp_kernels.ops as o, glob, os
+print(glob.glob(os.path.join(os.path.dirname(o.__file__), \"_C*.so\"))[0])') &&
+    cuobjdump --list-elf \"\$so\" && cuobjdump --list-ptx \"\$so\""
 else
   printf 'cuobjdump\tnot-found\t0\t0\n' >>"$STEPS"
 fi
@@ -128,7 +134,8 @@ fi
 # The errors that values on the device can cause (tests/ops/test_op_errors.py), each test in its own process.
 # Every case runs, also after one fails (a crash in one says nothing of the others).
 step error_cases 120 bash -c "
-  ids=\$($PY -m pytest --collect-only -q -p no:cacheprovider tests/ops/test_op_errors.py -k device_values | grep '\\[$DEV-')
+  ids=\$($PY -m pytest --collect-only -q -p no:cacheprovider tests/ops/test_op_errors.py -k device_values |
+    grep '\\[$DEV-')
   [ -n \"\$ids\" ] || exit 1
   failed=0
   for id in \$ids; do
@@ -201,7 +208,10 @@ for line in open(steps_file):
     name, rc, seconds, limit = line.rstrip("\n").split("\t")
     log = os.path.join(work, name + ".log")
     text = open(log, errors="replace").read() if os.path.exists(log) else ""
-    status = rc if rc in ("skipped", "not-found", "no-time", "dry-run") else ("ok" if rc == "0" else ("timeout" if rc in ("124", "137") else "failed"))
+    if rc in ("skipped", "not-found", "no-time", "dry-run"):
+        status = rc
+    else:
+        status = "ok" if rc == "0" else ("timeout" if rc in ("124", "137") else "failed")
     entry = {"status": status, "rc": int(rc) if rc.lstrip("-").isdigit() else None,
              "seconds": int(seconds or 0) / 1000, "timeout_s": int(limit), "output_tail": text[-6000:]}
     if name == "build":

@@ -120,7 +120,8 @@ def check_score(dev, g, path):
         got = sdtp_kernels.saliency_score(hidden.to(dev), *[a.to(dev) for a in args]).cpu()
         tol = 1e-4 if dtype == torch.float32 else 5e-2
         err = (got - want).abs().max().item()
-        check(f"saliency_score {path} {dtype} T={T} D={D} H={H} (max abs err {err:.2e})", err <= tol * (1 + want.abs().max().item()))
+        check(f"saliency_score {path} {dtype} T={T} D={D} H={H} (max abs err {err:.2e})",
+              err <= tol * (1 + want.abs().max().item()))
     # hidden whose base is not 16-byte aligned (a contiguous view): the zero-padded copy path
     T, D, H = 40, 64, 20
     flat = (torch.randn(T * D + 1, generator=g) * 3).bfloat16()

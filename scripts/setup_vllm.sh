@@ -32,7 +32,8 @@ fi
 stamp_file=$venv/.sdtp-stamp
 stamp=$( { find csrc sdtp_kernels setup.py pyproject.toml -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.h' \
              -o -name '*.cu' -o -name '*.toml' -o -name '*.json' -o -name '*.safetensors' \) -print0 \
-           | sort -z | xargs -0 sha256sum; "$py" -c 'import torch; print(torch.__version__)'; } | sha256sum | cut -c1-16)
+           | sort -z | xargs -0 sha256sum; "$py" -c 'import torch; print(torch.__version__)'; } \
+         | sha256sum | cut -c1-16)
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
   step "sdtp_kernels is up to date in $venv (stamp $stamp)"
 else

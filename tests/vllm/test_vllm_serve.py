@@ -1,5 +1,5 @@
-"""vLLM's OpenAI server (`vllm serve OUT`) with the plugin installed answers an OpenAI-style completion over HTTP on localhost with the
-tokens of apply_sdtp + generate() (docs/ARCHITECTURE.md §8)."""
+"""vLLM's OpenAI server (`vllm serve OUT`) with the plugin installed answers an OpenAI-style completion over HTTP on
+localhost with the tokens of apply_sdtp + generate() (docs/ARCHITECTURE.md §8)."""
 import json
 import socket
 import subprocess
