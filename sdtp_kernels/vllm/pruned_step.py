@@ -61,8 +61,8 @@ class PrunedStep:
         # Rows of different lengths side by side, right-padded: [rows, width] flat indices and validity.
         columns = np.arange(width)[None, :]
         valid = columns < held[:, None]
-        flat = np.where(valid, starts[:-1, None] + columns, 0)
-        scores = predictor.score(x)[_device(flat, self.device, torch.int64)]
+        flat = _device(np.where(valid, starts[:-1, None] + columns, 0), self.device, torch.int64)
+        scores = predictor.score(x)[flat]
         index, counts = ops.select_tokens(
             scores, _device(keep, self.device, torch.int64), _device(valid, self.device, torch.bool),
             self.config.num_sink, _device(plan.local, self.device, torch.int64), width=int(keep.max()))
@@ -76,7 +76,7 @@ class PrunedStep:
                                f"{keep.tolist()}")
         self._record(stage, realized)
         # Right-aligned index -> packed flat positions, as FlashAttention's varlen layout (docs/ARCHITECTURE.md §3.3).
-        kept, _, _ = ops.compact_varlen(_device(flat, self.device, torch.int64).unsqueeze(-1), index)
+        kept, _, _ = ops.compact_varlen(flat.unsqueeze(-1), index)
         return kept.squeeze(-1)
 
     def _record(self, stage: int, realized: list[int]) -> None:
