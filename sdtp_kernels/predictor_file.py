@@ -68,14 +68,23 @@ def _check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
         raise ValueError(f"{where}: predictor weights {bad} hold NaN or infinite values")
 
 
+def key_stage(key: str) -> Optional[int]:
+    """The stage s of a weights-file key `stage<s>.<parameter>` (s >= 1); None for any other key."""
+    stage, _, name = key.partition(".")
+    if not (stage.startswith("stage") and stage[5:].isdigit() and name):
+        return None
+    number = int(stage[5:])
+    return number if number >= 1 else None
+
+
 def _stage_keys(tensors: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
     # File keys are stage<s>.<param>, s from 1; ModuleList keys count from 0.
     state = {}
     for key, value in tensors.items():
-        stage, _, name = key.partition(".")
-        if not (stage.startswith("stage") and stage[5:].isdigit() and int(stage[5:]) >= 1 and name):
+        stage = key_stage(key)
+        if stage is None:
             raise ValueError(f"unexpected tensor {key!r} in {path}: expected stage<s>.<parameter>, s >= 1")
-        state[f"{int(stage[5:]) - 1}.{name}"] = value
+        state[f"{stage - 1}.{key.partition('.')[2]}"] = value
     return state
 
 

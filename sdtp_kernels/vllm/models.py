@@ -17,17 +17,11 @@ from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
 from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
 
 from ..predictor import SaliencyPredictor
+from ..predictor_file import key_stage
 from .pruned_step import PrunedStep
 from .runner_link import current_runner
 from .schedule import served_schedule
 from .step_plan import StepPlan, kept_counts
-
-
-def _is_predictor_weight(name: str) -> bool:
-    # The predictor file (stage<s>.<parameter>, docs/ARCHITECTURE.md §5.3) sits beside the weights, and vLLM reads
-    # every *.safetensors of a folder without an index; the predictors load from their own file instead.
-    stage = name.partition(".")[0]
-    return stage.startswith("stage") and stage[5:].isdigit()
 
 
 class SDTPModelMixin:
@@ -90,7 +84,9 @@ class SDTPModelMixin:
         return (step.positions, *args[1:]), kwargs
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        loaded = super().load_weights((name, w) for name, w in weights if not _is_predictor_weight(name))
+        # The predictor file (docs/ARCHITECTURE.md §5.3) sits beside the weights, and vLLM reads every *.safetensors
+        # of a folder without an index; the predictors load from their own file instead.
+        loaded = super().load_weights((name, w) for name, w in weights if key_stage(name) is None)
         self.sdtp_predictors.load_state_dict(self.sdtp_saved.state, strict=True)
         return set(loaded) | {f"sdtp_predictors.{name}" for name in self.sdtp_saved.state}
 
