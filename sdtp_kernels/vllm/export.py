@@ -85,8 +85,8 @@ def _run(args: argparse.Namespace) -> int:
     out = export(args.model, args.predictors, args.out, copy=args.copy, schedule=_schedule_options(args))
     saved = read_predictors(out)
     print(f"sdtp export: wrote {out} (keep_ratio {saved.config.keep_ratio}, stages before layers "
-          f"{saved.stage_layers}); serve it with `vllm serve {out} --no-enable-prefix-caching "
-          "--no-enable-chunked-prefill --max-num-batched-tokens N` (N >= the model length)")
+          f"{saved.stage_layers}); serve it with `vllm serve {out}` (prefix caching and chunked prefill stay off "
+          "for SDTP models)")
     return 0
 
 
