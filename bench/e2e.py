@@ -158,22 +158,30 @@ def machine(device: str) -> dict:
 
 
 def plot(rows: list[dict], path: str, title: str) -> None:
+    contexts = [r["context"] for r in rows]
+    plot_speedups(path, contexts, [
+        ([r["prefill_speedup"] for r in rows], "o-", "prefill speed-up (measured)"),
+        ([r["e2e_speedup"] for r in rows], "s-", f"end-to-end speed-up ({rows[0]['new_tokens']} new tokens)"),
+        ([r["flops_ratio"] for r in rows], "k--", "prefill FLOPs ratio (ideal)"),
+    ], title, "dense time / SDTP time")
+
+
+def plot_speedups(path: str, contexts: list[int], lines: list[tuple[list[float], str, str]], title: str,
+                  ylabel: str) -> None:
+    """A PNG of speed-ups against context (log2 axis): one (values, matplotlib format, label) per line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    contexts = [r["context"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(contexts, [r["prefill_speedup"] for r in rows], "o-", label="prefill speed-up (measured)")
-    e2e_label = f"end-to-end speed-up ({rows[0]['new_tokens']} new tokens)"
-    ax.plot(contexts, [r["e2e_speedup"] for r in rows], "s-", label=e2e_label)
-    ax.plot(contexts, [r["flops_ratio"] for r in rows], "k--", label="prefill FLOPs ratio (ideal)")
+    for values, fmt, label in lines:
+        ax.plot(contexts, values, fmt, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(contexts, [f"{c // 1024}K" if c >= 1024 else str(c) for c in contexts])
     ax.axhline(1.0, color="grey", lw=0.5)
     ax.set_xlabel("context (tokens)")
-    ax.set_ylabel("dense time / SDTP time")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()

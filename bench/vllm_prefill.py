@@ -24,7 +24,7 @@ import torch
 from transformers import LlamaConfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e import PRESETS, build_model  # noqa: E402  (the preset and model of the transformers benchmark)
+from e2e import PRESETS, build_model, plot_speedups  # noqa: E402  (the transformers benchmark's preset, model, plot)
 
 from sdtp_kernels.config import SDTPConfig  # noqa: E402
 from sdtp_kernels.hf import apply_sdtp, save_sdtp  # noqa: E402
@@ -66,24 +66,10 @@ def ttft(folder: str, contexts: list[int], repeats: int) -> list[float]:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    contexts = [r["context"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(contexts, [r["ttft_speedup"] for r in rows], "o-", label="TTFT speed-up in vLLM (measured)")
-    ax.plot(contexts, [r["flops_ratio"] for r in rows], "k--", label="prefill FLOPs ratio (ideal)")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(contexts, [f"{c // 1024}K" for c in contexts])
-    ax.axhline(1.0, color="grey", lw=0.5)
-    ax.set_xlabel("context (tokens)")
-    ax.set_ylabel("dense TTFT / SDTP TTFT")
-    ax.set_title("SDTP vs dense in vLLM (CPU build): cpu preset")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    plot_speedups(path, [r["context"] for r in rows], [
+        ([r["ttft_speedup"] for r in rows], "o-", "TTFT speed-up in vLLM (measured)"),
+        ([r["flops_ratio"] for r in rows], "k--", "prefill FLOPs ratio (ideal)"),
+    ], "SDTP vs dense in vLLM (CPU build): cpu preset", "dense TTFT / SDTP TTFT")
 
 
 def main() -> None:
