@@ -46,17 +46,20 @@ DEVICE = "cuda"  # set by main(); --device cpu exercises the code without a GPU
 
 def cuda_time_ms(torch, fn, warmup=5, iters=30):
     """Median milliseconds of fn() over `iters` calls after `warmup` calls, each timed alone by CUDA events (by the
-    wall clock on the CPU)."""
+    wall clock on the CPU); `host_median_ms`: the time fn() takes to return, which is all launch work when it is close
+    to median_ms."""
     for _ in range(warmup):
         fn()
     sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
     sync()
-    times = []
+    times, host = [], []
     for _ in range(iters):
         if DEVICE == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
+            t0 = time.perf_counter()
             fn()
+            host.append(1e3 * (time.perf_counter() - t0))
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
@@ -64,7 +67,29 @@ def cuda_time_ms(torch, fn, warmup=5, iters=30):
             t0 = time.perf_counter()
             fn()
             times.append(1e3 * (time.perf_counter() - t0))
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "iters": iters}
+            host.append(times[-1])
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "host_median_ms": statistics.median(host),
+            "iters": iters}
+
+
+def kernel_breakdown(torch, fn, iters=5):
+    """Microseconds per call that each kernel fn() launches takes on the device (torch.profiler), largest first.
+    Empty on the CPU, which has no kernels to list."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(iters):
+            fn()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+    totals = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            totals[e.name] = totals.get(e.name, 0.0) + e.time_range.elapsed_us() / iters
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
 def copy_bandwidth(torch, nbytes, iters=20):
@@ -253,6 +278,10 @@ def bench_score(torch, sdtp, size, iters, ceilings):
                          "ratio_to_roofline": t["median_ms"] / bound_ms,
                          "achieved_tflop_per_s": flops / (t["median_ms"] * 1e-3) / 1e12,
                          "max_abs_err_vs_fp64_first_4096": float((call()[sub].double() - exact).abs().max())}
+        if T in (64, 4096, 32768):  # where the time goes, for the next change of the rule or of the kernels
+            gemm = with_score_path("gemm", lambda: sdtp.saliency_score(x, nw, w1, b1, w2, b2))
+            row["kernels_us_per_call"] = {"gemm": kernel_breakdown(torch, gemm),
+                                          "unfused_torch": kernel_breakdown(torch, lambda: unfused(x))}
         best = min(("fused", "gemm"), key=lambda p: row[p]["median_ms"])
         row["faster_path"] = best
         row["auto_within_5pct_of_faster"] = row["auto"]["median_ms"] <= 1.05 * row[best]["median_ms"]

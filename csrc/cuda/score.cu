@@ -1,8 +1,8 @@
 // CUDA saliency_score (docs/ARCHITECTURE.md §3.1): the op, which picks the fused kernels below or the gemm path
 // (score_gemm.cu) per call (score_paths.h). Fused:
 //   s = gelu_erf((x / rms(x)) @ (w1 * g).T + b1) @ w2 + b2.
-// The RMSNorm weight g is folded into w1 once per call (fold_kernel, in the GEMM's input dtype, zero-padded to a
-// multiple of 8 columns). The main kernel multiplies a 128-token x 128-hidden tile of x by the folded weights on
+// The RMSNorm weight g is folded into w1 once per call (score_weights.cu, in the GEMM's input dtype, zero-padded to
+// a multiple of 8 columns). The main kernel multiplies a 128-token x 128-hidden tile of x by the folded weights on
 // tensor cores (mma.sync m16n8k16, bf16/fp16 in, fp32 accumulate; cp.async 3-stage pipeline, swizzled shared
 // memory, ldmatrix), sums the squares of each token's inputs from the same A fragments, and in the epilogue
 // applies 1/rms, b1, GELU (erf) and the w2 dot. Neither the normalised x nor the [tokens, H] intermediate is
@@ -30,17 +30,6 @@ namespace {
 using cuda::ceil_div;
 
 // ---------------------------------------------------------------------------------------------------------------
-// Fold: wf[h, d] = w1[h, d] * g[d] for d < D, 0 for D <= d < Dp.
-template <typename Tin, typename Tout>
-__global__ void fold_kernel(const Tin* __restrict__ w1, const float* __restrict__ g, Tout* __restrict__ wf,
-                            int64_t H, int64_t D, int64_t Dp) {
-  const int64_t total = H * Dp;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t h = cuda::div_nonneg(i, Dp), d = i - h * Dp;
-    wf[i] = d < D ? static_cast<Tout>(static_cast<float>(w1[h * D + d]) * g[d]) : static_cast<Tout>(0.0f);
-  }
-}
-
 // out[t] = b2 + sum_j partial[j, t], j ascending.
 __global__ void reduce_partials_kernel(const float* __restrict__ partial, const float* __restrict__ b2,
                                        float* __restrict__ out, int64_t T, int n_tiles) {
@@ -379,33 +368,11 @@ __global__ void __launch_bounds__(kThreads) score_simt_kernel(const Args a) {
 
 }  // namespace
 
-// ---------------------------------------------------------------------------------------------------------------
-template <typename Tout>
-void fold_weights(const at::Tensor& w1, const at::Tensor& g, at::Tensor& wf, int64_t D, int64_t Dp,
-                  cudaStream_t stream) {
-  const int64_t H = w1.size(0);
-  const int64_t total = H * Dp;
-  const int threads = 256;
-  const int64_t blocks = std::min<int64_t>(ceil_div<int64_t>(total, threads), int64_t{1} << 16);
-  // Not SDTP_DISPATCH_FLOATING: the weights may be any floating type, float64 included.
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w1.scalar_type(), "sdtp_fold_weights", [&] {
-    fold_kernel<scalar_t, Tout><<<blocks, threads, 0, stream>>>(w1.data_ptr<scalar_t>(), g.data_ptr<float>(),
-                                                              reinterpret_cast<Tout*>(wf.data_ptr()), H, D, Dp);
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-template void fold_weights<float>(const at::Tensor&, const at::Tensor&, at::Tensor&, int64_t, int64_t, cudaStream_t);
-template void fold_weights<at::Half>(const at::Tensor&, const at::Tensor&, at::Tensor&, int64_t, int64_t,
-                                     cudaStream_t);
-template void fold_weights<at::BFloat16>(const at::Tensor&, const at::Tensor&, at::Tensor&, int64_t, int64_t,
-                                         cudaStream_t);
-
 namespace {
 
-at::Tensor saliency_score_cuda(const at::Tensor& hidden, const at::Tensor& norm_weight, const at::Tensor& w1_in,
+at::Tensor saliency_score_cuda(const at::Tensor& hidden, const at::Tensor& norm_weight, const at::Tensor& w1,
                                const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2, double eps) {
-  const int64_t D = check_score_inputs(hidden, norm_weight, w1_in, b1, w2, b2, eps);
+  const int64_t D = check_score_inputs(hidden, norm_weight, w1, b1, w2, b2, eps);
   TORCH_CHECK(hidden.is_cuda(), "sdtp.saliency_score: argument 'hidden' must be a CUDA tensor here");
   const c10::cuda::CUDAGuard guard(hidden.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -415,18 +382,19 @@ at::Tensor saliency_score_cuda(const at::Tensor& hidden, const at::Tensor& norm_
   const auto x = hidden.reshape({-1, D}).contiguous();
   const int64_t T = x.size(0);
   if (T == 0) return out;
-  const int64_t H = w1_in.size(0);
-  const auto w1 = w1_in.contiguous();
-  const auto g = norm_weight.to(at::kFloat).contiguous();
-  const auto b1f = b1.to(at::kFloat).contiguous();
-  const auto w2f = w2.to(at::kFloat).contiguous();
-  const auto b2f = b2.to(at::kFloat).reshape({1}).contiguous();  // read in-kernel: no host sync
+  const int64_t H = w1.size(0);
   const float inv_d = static_cast<float>(1.0 / static_cast<double>(D));
   const float eps_f = static_cast<float>(eps);
   const auto dtype = x.scalar_type();
-  if (choose_score_path(dtype) == ScorePath::kGemm) {
+  const ScorePath path = choose_score_path(dtype);
+  // The tensor-core kernel reads rows in 16-byte chunks: its rows of x and of the folded weights are padded to a
+  // multiple of 8 elements.
+  const bool mma_path = path == ScorePath::kFused && dtype != at::kFloat;
+  const int64_t Dp = mma_path ? ceil_div<int64_t>(D, 8) * 8 : D;
+  const ScoreWeights weights = prepare_score_weights(w1, norm_weight, b1, w2, b2, Dp, dtype, stream);
+  if (path == ScorePath::kGemm) {
     auto out_flat = out.view({T});
-    score_gemm(x, w1, g, b1f, w2f, b2f, eps_f, out_flat, stream);
+    score_gemm(x, weights, eps_f, out_flat, stream);
     return out;
   }
 
@@ -438,15 +406,13 @@ at::Tensor saliency_score_cuda(const at::Tensor& hidden, const at::Tensor& norm_
     return tiles > 1 ? partial.data_ptr<float>() : nullptr;
   };
 
-  if (dtype == at::kFloat) {
-    auto wf = at::empty({H, D}, x.options());
-    fold_weights<float>(w1, g, wf, D, D, stream);
+  if (!mma_path) {
     simt::Args a{};
     a.x = x.data_ptr<float>();
-    a.w = wf.data_ptr<float>();
-    a.b1 = b1f.data_ptr<float>();
-    a.w2 = w2f.data_ptr<float>();
-    a.b2 = b2f.data_ptr<float>();
+    a.w = weights.wf.data_ptr<float>();
+    a.b1 = weights.b1();
+    a.w2 = weights.w2();
+    a.b2 = weights.b2();
     a.out = out.data_ptr<float>();
     a.partial = partial_buffer(static_cast<int>(ceil_div<int64_t>(H, simt::kBN)));
     a.T = T;
@@ -460,25 +426,19 @@ at::Tensor saliency_score_cuda(const at::Tensor& hidden, const at::Tensor& norm_
     simt::score_simt_kernel<<<static_cast<unsigned>(blocks), simt::kThreads, 0, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
-    // The tensor-core path reads rows in 16-byte chunks: the row length must be a multiple of 8 elements and the
-    // base 16-byte aligned, else x is copied into a zero-padded buffer (only odd D or misaligned views pay this).
-    const int64_t Dp = ceil_div<int64_t>(D, 8) * 8;
+    // x is copied into a zero-padded buffer when its rows are not padded already or its base is not 16-byte
+    // aligned (only odd D or misaligned views pay this).
     at::Tensor xa = x;
     if (Dp != D || reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0) {
       xa = at::zeros({T, Dp}, x.options());
       xa.narrow(1, 0, D).copy_(x);
     }
-    auto wf = at::empty({H, Dp}, x.options());
-    if (dtype == at::kBFloat16)
-      fold_weights<at::BFloat16>(w1, g, wf, D, Dp, stream);
-    else
-      fold_weights<at::Half>(w1, g, wf, D, Dp, stream);
     mma::Args a{};
     a.x = reinterpret_cast<const uint16_t*>(xa.data_ptr());
-    a.w = reinterpret_cast<const uint16_t*>(wf.data_ptr());
-    a.b1 = b1f.data_ptr<float>();
-    a.w2 = w2f.data_ptr<float>();
-    a.b2 = b2f.data_ptr<float>();
+    a.w = reinterpret_cast<const uint16_t*>(weights.wf.data_ptr());
+    a.b1 = weights.b1();
+    a.w2 = weights.w2();
+    a.b2 = weights.b2();
     a.out = out.data_ptr<float>();
     a.partial = partial_buffer(static_cast<int>(ceil_div<int64_t>(H, mma::kBN)));
     a.T = T;
@@ -499,7 +459,7 @@ at::Tensor saliency_score_cuda(const at::Tensor& hidden, const at::Tensor& norm_
   if (n_htiles > 1) {
     const int threads = 256;
     reduce_partials_kernel<<<static_cast<unsigned>(ceil_div<int64_t>(T, threads)), threads, 0, stream>>>(
-        partial.data_ptr<float>(), b2f.data_ptr<float>(), out.data_ptr<float>(), T, n_htiles);
+        partial.data_ptr<float>(), weights.b2(), out.data_ptr<float>(), T, n_htiles);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return out;

@@ -34,12 +34,13 @@ def dot_condition(hidden, norm_weight, w1, b1, w2, b2):
     return (gelu * w2.double()).abs().sum(-1) + b2.double().abs()
 
 
-def assert_within_tolerance(inputs, device):
+def assert_within_tolerance(inputs, device, args=None):
     """The same rule on every device: per token, the error against float64 is at most twice the worst error of the
-    unfused computation in the input dtype, or 16 float32 roundings of the w2 dot's summands."""
+    unfused computation in the input dtype, or 16 float32 roundings of the w2 dot's summands. `args`: the op's
+    arguments when they are not simply `inputs` moved to `device` (views with their own strides, say)."""
     exact = python_ref.saliency_score(*inputs, compute_dtype=torch.float64)
     plain = python_ref.saliency_score(*inputs, compute_dtype=inputs[0].dtype)
-    got = sdtp_kernels.saliency_score(*(t.to(device) for t in inputs)).cpu()
+    got = sdtp_kernels.saliency_score(*(args or [t.to(device) for t in inputs])).cpu()
     assert got.dtype == torch.float32 and got.shape == inputs[0].shape[:-1]
     if got.numel() == 0:
         return
@@ -59,6 +60,25 @@ def test_tolerance_rule(dtype, D, H, device):
 
 def test_float32_weights_with_half_hidden(device):
     assert_within_tolerance(make_inputs((50,), 96, 24, torch.bfloat16, weight_dtype=torch.float32), device)
+
+
+@pytest.mark.parametrize("path", ["fused", "gemm"])  # CUDA's two paths; the CPU has one
+def test_weights_of_any_floating_dtype_and_stride(path, device, monkeypatch):
+    """Weights as a model may hold them beside bf16 activations: float64, float32, float16 and bfloat16 at once, and
+    strided views (norm_weight, b1, w2 each a view with a stride > 1, w1 transposed twice, b2 0-d)."""
+    monkeypatch.setenv("SDTP_SCORE_PATH", path)
+    hidden, nw, w1, b1, w2, b2 = make_inputs((40,), 72, 20, torch.bfloat16, weight_dtype=torch.float32)
+    nw, b1, w2, b2 = nw.double(), b1.half(), w2.bfloat16(), b2.half()
+    args = [
+        hidden.to(device),
+        torch.stack([nw, torch.zeros_like(nw)], 1).to(device)[:, 0],
+        w1.T.contiguous().to(device).T,
+        b1.repeat_interleave(3).to(device)[::3],
+        torch.stack([w2, -w2], 1).to(device)[:, 0],
+        b2.to(device),
+    ]
+    assert [a.stride() for a in args[1:]] == [(2,), (1, 20), (3,), (2,), ()]
+    assert_within_tolerance((hidden, nw, w1, b1, w2, b2), device, args)
 
 
 @pytest.mark.parametrize("tokens_shape", [(0,), (3, 0), (1,), (2, 3, 5)])
