@@ -56,8 +56,8 @@ FloatVector as_float_vector(const at::Tensor& t, std::vector<at::Tensor>& conver
   }
 }
 
-// One block per row h of w1 (grid-stride over rows): wf[h, :] = w1[h, :] * g, zero past D; its first thread also
-// copies b1[h] and w2[h]; block 0 copies b2. Each thread loads kBatch elements before it stores any, so that several
+// One block per row h of w1 (grid-stride over rows): wf[h, :] = w1[h, :] * g, zero past D; then the grid copies b1
+// and w2, and block 0 b2. Each thread loads kBatch elements before it stores any, so that several
 // loads are in flight (a store between them would make every iteration wait for its own load).
 template <typename Tw, typename Tout>
 __global__ void __launch_bounds__(kThreads)
