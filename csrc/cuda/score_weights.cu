@@ -95,7 +95,10 @@ __global__ void __launch_bounds__(kThreads)
 ScoreWeights prepare_score_weights(const at::Tensor& w1, const at::Tensor& g, const at::Tensor& b1,
                                    const at::Tensor& w2, const at::Tensor& b2, int64_t Dp, at::ScalarType gemm_dtype,
                                    cudaStream_t stream) {
-  const auto w = w1.contiguous();
+  // w1 in its own dtype when the kernel has an instantiation for it (float32/16, bfloat16, float64), else float32.
+  const auto wt = w1.scalar_type();
+  const bool native = wt == at::kFloat || wt == at::kHalf || wt == at::kBFloat16 || wt == at::kDouble;
+  const auto w = (native ? w1 : w1.to(at::kFloat)).contiguous();
   const int64_t H = w.size(0), D = w.size(1);
   ScoreWeights out;
   out.H = H;
@@ -108,7 +111,6 @@ ScoreWeights prepare_score_weights(const at::Tensor& w1, const at::Tensor& g, co
   float* vec = out.vec.data_ptr<float>();
   SDTP_DISPATCH_FLOATING(gemm_dtype, "sdtp_prepare_score_weights", [&] {
     using Tout = scalar_t;
-    // The weights may be any of the four floating types, float64 included.
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "sdtp_prepare_score_weights", [&] {
       prepare_kernel<scalar_t, Tout><<<blocks, kThreads, 0, stream>>>(
           w.data_ptr<scalar_t>(), gv, b1v, w2v, b2v, out.wf.data_ptr<Tout>(), vec, H, D, Dp);

@@ -81,6 +81,14 @@ def test_weights_of_any_floating_dtype_and_stride(path, device, monkeypatch):
     assert_within_tolerance((hidden, nw, w1, b1, w2, b2), device, args)
 
 
+@pytest.mark.parametrize("path", ["fused", "gemm"])
+def test_float8_weights(path, device, monkeypatch):
+    """Any floating dtype the op accepts is read, float8 included (converted to float32 first)."""
+    monkeypatch.setenv("SDTP_SCORE_PATH", path)
+    hidden, nw, w1, b1, w2, b2 = make_inputs((30,), 48, 12, torch.bfloat16)
+    assert_within_tolerance((hidden, nw.to(torch.float8_e4m3fn), w1.to(torch.float8_e4m3fn), b1, w2, b2), device)
+
+
 @pytest.mark.parametrize("tokens_shape", [(0,), (3, 0), (1,), (2, 3, 5)])
 def test_token_shapes(tokens_shape, device):
     assert_within_tolerance(make_inputs(tokens_shape, 40, 12, torch.float32), device)
