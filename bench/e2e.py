@@ -74,6 +74,11 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
+def device_allocations(device: str) -> int:
+    """Device memory segments the CUDA caching allocator has obtained so far (cudaMalloc calls); 0 on the CPU."""
+    return torch.cuda.memory_stats().get("segment.all.allocated", 0) if device == "cuda" else 0
+
+
 def prune_overhead(prefill, device: str) -> float:
     """Seconds one pruned prefill spends inside SDTP's "sdtp.prune" ranges (score, select, compact, masks)."""
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -97,15 +102,20 @@ def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: 
     def prefill():
         model(ids, use_cache=True, logits_to_keep=1)  # as generate() calls it
 
+    allocations = []  # cudaMalloc calls of each generate, in call order
+
     def generate():
+        before = device_allocations(device)
         model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        allocations.append(device_allocations(device) - before)
 
     with torch.no_grad():
         dense_runs, sdtp_runs = dense_and_sdtp(model, prefill, device, repeats, clock)
         (dense_prefill, dense_prefill_mem), (sdtp_prefill, sdtp_prefill_mem) = min(dense_runs), min(sdtp_runs)
-        # Twice each: the first generate at a new prompt length also pays one-time costs per new attention shape
-        # (on an H200 SDTP's was 3.6x-5.3x slower than dense, likely the SDPA backend planning each new key length:
-        # pruned layers have one key length per stage); the second is the steady state.
+        # Twice each: the first generate at a new prompt length also pays one-time costs (on an H200 SDTP's took
+        # ~9 s at 4K and at 16K tokens where dense took 2.5 and 1.8 s; not seen on the CPU); the second is the steady
+        # state. The caching allocator's cudaMalloc calls per generate are recorded to test one explanation: pruned
+        # layers hold caches of other sizes than dense ones, which it may have to allocate afresh.
         dense_runs, sdtp_runs = dense_and_sdtp(model, generate, device, 2, clock)
         (dense_e2e, dense_mem), (sdtp_e2e, sdtp_mem) = dense_runs[1], sdtp_runs[1]
         dense_e2e_first, sdtp_e2e_first = dense_runs[0][0], sdtp_runs[0][0]
@@ -136,6 +146,7 @@ def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: 
         "dense_e2e_first_s": dense_e2e_first,
         "sdtp_e2e_first_s": sdtp_e2e_first,
         "e2e_speedup_first": dense_e2e_first / sdtp_e2e_first,
+        "device_allocations_e2e": dict(zip(("dense_first", "sdtp_first", "dense", "sdtp"), allocations)),
         "flops_e2e_dense": flops_e2e_dense,
         "flops_e2e_sdtp": flops_e2e_sdtp,
         "peak_mem_prefill_dense": dense_prefill_mem,
