@@ -94,6 +94,28 @@ def prune_overhead(prefill, device: str) -> float:
     return sum(e.cpu_time_total for e in events) / 1e6
 
 
+def first_generate_profile(model, context: int, new_tokens: int, device: str, top: int = 15) -> dict:
+    """Where a first generate's time goes: for dense and then SDTP, one generate at a prompt length not seen before
+    (context + 1, then + 2), profiled; the operators and CUDA runtime calls that took the most host time."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    result = {}
+    for offset, name in ((1, "dense"), (2, "sdtp")):
+        length = context + offset
+        ids = torch.randint(1, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(length))
+        disabled = sdtp_disabled(model) if name == "dense" else contextlib.nullcontext()
+        with disabled, torch.no_grad(), _native_stderr_silenced(), torch.profiler.profile(activities=activities) as p:
+            model.generate(ids.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        events = sorted(p.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+        result[name] = {"prompt_tokens": length, "top_self_cpu": [
+            {"name": e.key, "calls": e.count, "self_cpu_s": e.self_cpu_time_total / 1e6,
+             "cpu_total_s": e.cpu_time_total / 1e6} for e in events]}
+    return result
+
+
 def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: str, repeats: int, clock) -> dict:
     config = model.config
     ids = torch.randint(1, config.vocab_size, (1, context), generator=torch.Generator().manual_seed(context))
@@ -210,6 +232,8 @@ def main() -> None:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what the times measure (see CLOCKS)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--plot", help="write a PNG plot of speed-up vs context here")
+    parser.add_argument("--profile-first", action="store_true",
+                        help="also profile a first generate, dense and SDTP, at a new length near the first context")
     args = parser.parse_args()
 
     if args.threads:
@@ -238,6 +262,8 @@ def main() -> None:
         )
     result = {
         "rows": rows,
+        **({"first_generate_profile": first_generate_profile(model, contexts[0], new_tokens, args.device)}
+           if args.profile_first else {}),
         "machine": machine(args.device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": args.device,

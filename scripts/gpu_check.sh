@@ -24,7 +24,7 @@
 #      GPU_CHECK_CC / GPU_CHECK_CXX (host compiler of the build; default /usr/bin/gcc and /usr/bin/g++),
 #      GPU_CHECK_SKIP="step names" (environment build build_info native_errors cuobjdump error_cases pytest_cuda
 #      memcheck initcheck racecheck synccheck sanitizer_smoke cuda_micro e2e pytest),
-#      GPU_CHECK_E2E_ARGS (default: --contexts 4096 16384 32768 --new-tokens 32 --repeats 2)
+#      GPU_CHECK_E2E_ARGS (default: --contexts 4096 16384 32768 --new-tokens 32 --repeats 2 --profile-first)
 set -u
 DRY_RUN=0
 case "${1:-}" in
@@ -188,8 +188,8 @@ step cuda_micro 240 "$PY" bench/cuda_micro.py "${bench_args[@]}"
 sanitize racecheck synccheck
 
 # End-to-end prefill benchmark (bench/e2e.py), modest contexts by default so it fits the budget.
-e2e_args=${GPU_CHECK_E2E_ARGS:---contexts 4096 16384 32768 --new-tokens 32 --repeats 2}
-[ "$DRY_RUN" = 1 ] && e2e_args="--preset cpu --contexts 256 --new-tokens 2 --repeats 1"
+e2e_args=${GPU_CHECK_E2E_ARGS:---contexts 4096 16384 32768 --new-tokens 32 --repeats 2 --profile-first}
+[ "$DRY_RUN" = 1 ] && e2e_args="--preset cpu --contexts 256 --new-tokens 2 --repeats 1 --profile-first"
 # shellcheck disable=SC2086
 step e2e 200 "$PY" bench/e2e.py --device "$DEV" $e2e_args --out "$OUT/e2e.json" --plot "$OUT/e2e.png"
 
