@@ -8,8 +8,8 @@ TORCH_LIBRARY(sdtp, m) {
       "float eps=1e-06) -> Tensor");
   m.def(
       "select_tokens(Tensor scores, Tensor keep, Tensor? valid=None, int num_sink=4, Tensor? num_local=None, "
-      "int? width=None) -> (Tensor, Tensor)");
-  m.def("compact(Tensor x, Tensor index, int dim=1) -> Tensor");
+      "int? width=None, *, bool check=True) -> (Tensor, Tensor)");
+  m.def("compact(Tensor x, Tensor index, int dim=1, *, bool check=True) -> Tensor");
   m.def("compact_varlen(Tensor x, Tensor index) -> (Tensor, Tensor, SymInt)");
 }
 

@@ -62,7 +62,7 @@ int64_t check_score_inputs(const at::Tensor& hidden, const at::Tensor& norm_weig
 
 void check_select_inputs(const at::Tensor& scores, const at::Tensor& keep, const c10::optional<at::Tensor>& valid,
                          int64_t num_sink, const c10::optional<at::Tensor>& num_local,
-                         c10::optional<int64_t> width) {
+                         c10::optional<int64_t> width, bool check) {
   const char* op = "sdtp.select_tokens";
   TORCH_CHECK_VALUE(scores.dim() == 2, op, ": argument 'scores' must have shape [B, N], got ", scores.sizes());
   auto dt = scores.scalar_type();
@@ -77,6 +77,8 @@ void check_select_inputs(const at::Tensor& scores, const at::Tensor& keep, const
   if (width.has_value()) {
     TORCH_CHECK_VALUE(*width >= 0, op, ": argument 'width' must be >= 0, got ", *width);
   }
+  TORCH_CHECK_VALUE(check || width.has_value(), op,
+                    ": argument 'width' is required with check=False (the output width is not read back then)");
   if (valid.has_value()) {
     const auto& v = *valid;
     TORCH_CHECK_TYPE(v.scalar_type() == at::kBool || at::isIntegralType(v.scalar_type(), false), op,

@@ -14,7 +14,7 @@ int64_t check_score_inputs(const at::Tensor& hidden, const at::Tensor& norm_weig
 // device; `valid` is [B, N] bool or integer on scores' device.
 void check_select_inputs(const at::Tensor& scores, const at::Tensor& keep, const c10::optional<at::Tensor>& valid,
                          int64_t num_sink, const c10::optional<at::Tensor>& num_local,
-                         c10::optional<int64_t> width);
+                         c10::optional<int64_t> width, bool check);
 
 // Checks compact arguments; returns the normalised (non-negative) dim.
 int64_t check_compact_inputs(const at::Tensor& x, const at::Tensor& index, int64_t dim, const char* op);

@@ -87,20 +87,26 @@ def select_tokens(
     num_sink: int = 4,
     num_local: IntOrTensor = 0,
     width: Optional[int] = None,
+    *,
+    check: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions each row keeps, ascending and right-aligned in `index [B, K]` (-1 on the left), and `counts [B]`.
 
     `keep` / `num_local`: an int or a [B] integer tensor (on the CPU, or on scores' device). `valid`: [B, N] mask,
     False/0 = padding. `width`: the output width K when the caller knows it (must be >= every row's count); by
-    default K = max(counts), which on CUDA costs one device-to-host read."""
+    default K = max(counts), which on CUDA costs one device-to-host read. `check=False` (needs `width`): on CUDA,
+    no device-to-host read to check device `keep` / `num_local` and `width`; the kernel asserts them instead
+    (docs/ARCHITECTURE.md §3.4), for callers whose values are right by construction."""
     return _ops().select_tokens(
-        scores, _row_tensor(keep, "keep"), valid, num_sink, _row_tensor(num_local, "num_local"), width
+        scores, _row_tensor(keep, "keep"), valid, num_sink, _row_tensor(num_local, "num_local"), width, check=check
     )
 
 
-def compact(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """`out[b, ..., j, ...] = x[b, ..., index[b, j], ...]` along `dim`, zeros where index == -1."""
-    return _ops().compact(x, index, dim)
+def compact(x: torch.Tensor, index: torch.Tensor, dim: int = 1, *, check: bool = True) -> torch.Tensor:
+    """`out[b, ..., j, ...] = x[b, ..., index[b, j], ...]` along `dim`, zeros where index == -1. `check=False`: on
+    CUDA, no device-to-host read of the index's range; the kernel asserts it instead (docs/ARCHITECTURE.md §3.4),
+    for an index that is right by construction (select_tokens' own)."""
+    return _ops().compact(x, index, dim, check=check)
 
 
 def compact_varlen(x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -123,16 +129,19 @@ def _register_fakes() -> None:
         return hidden.new_empty(hidden.shape[:-1], dtype=torch.float32)
 
     @torch.library.register_fake("sdtp::select_tokens")
-    def _select_tokens_fake(scores, keep, valid=None, num_sink=4, num_local=None, width=None):
+    def _select_tokens_fake(scores, keep, valid=None, num_sink=4, num_local=None, width=None, *, check=True):
         if valid is not None:
             _check_device("valid", valid, scores, "sdtp.select_tokens")
+        if not check and width is None:
+            raise ValueError("sdtp.select_tokens: argument 'width' is required with check=False (the output width is "
+                             "not read back then)")
         if width is None:
             width = torch.library.get_ctx().new_dynamic_size()
         B = scores.shape[0]
         return scores.new_empty((B, width), dtype=torch.int64), scores.new_empty((B,), dtype=torch.int64)
 
     @torch.library.register_fake("sdtp::compact")
-    def _compact_fake(x, index, dim=1):
+    def _compact_fake(x, index, dim=1, *, check=True):
         _check_device("index", index, x, "sdtp.compact")
         d = dim % x.dim()
         shape = list(x.shape)

@@ -26,7 +26,8 @@ inline void copy_row(const RowCopy& c, int64_t b, int64_t o, int64_t i, char* ds
     std::memcpy(dst, c.src + ((b * c.outer + o) * c.N + i) * c.row_bytes, c.row_bytes);
 }
 
-at::Tensor compact_cpu(const at::Tensor& x_in, const at::Tensor& index_in, int64_t dim) {
+// `check` only spares a device-to-host read (docs/ARCHITECTURE.md §3.4): here the index is always checked.
+at::Tensor compact_cpu(const at::Tensor& x_in, const at::Tensor& index_in, int64_t dim, bool /*check*/) {
   const int64_t d = check_compact_inputs(x_in, index_in, dim, "sdtp.compact");
   const auto x = x_in.contiguous();
   const auto index = index_in.contiguous();

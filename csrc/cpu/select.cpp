@@ -65,8 +65,10 @@ void select_rows(const at::Tensor& scores, const bool* mask, const std::vector<R
 std::tuple<at::Tensor, at::Tensor> select_tokens_cpu(const at::Tensor& scores_in, const at::Tensor& keep_in,
                                                       const c10::optional<at::Tensor>& valid_in, int64_t num_sink,
                                                       const c10::optional<at::Tensor>& num_local_in,
-                                                      c10::optional<int64_t> width) {
-  check_select_inputs(scores_in, keep_in, valid_in, num_sink, num_local_in, width);
+                                                      c10::optional<int64_t> width, bool check) {
+  // `check` only spares a device-to-host read (docs/ARCHITECTURE.md §3.4); here every value is on the host and
+  // always checked.
+  check_select_inputs(scores_in, keep_in, valid_in, num_sink, num_local_in, width, check);
   TORCH_CHECK(scores_in.device().is_cpu(), "sdtp.select_tokens: argument 'scores' must be a CPU tensor here");
   const int64_t B = scores_in.size(0), N = scores_in.size(1);
   const auto scores = scores_in.contiguous();

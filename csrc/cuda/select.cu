@@ -383,8 +383,8 @@ void row_argument(const at::Tensor& t, int64_t B, at::Device device, at::Tensor&
 std::tuple<at::Tensor, at::Tensor> select_tokens_cuda(const at::Tensor& scores_in, const at::Tensor& keep_in,
                                                        const c10::optional<at::Tensor>& valid_in, int64_t num_sink,
                                                        const c10::optional<at::Tensor>& num_local_in,
-                                                       c10::optional<int64_t> width) {
-  check_select_inputs(scores_in, keep_in, valid_in, num_sink, num_local_in, width);
+                                                       c10::optional<int64_t> width, bool check) {
+  check_select_inputs(scores_in, keep_in, valid_in, num_sink, num_local_in, width, check);
   TORCH_CHECK(scores_in.is_cuda(), "sdtp.select_tokens: argument 'scores' must be a CUDA tensor here");
   const c10::cuda::CUDAGuard guard(scores_in.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -415,8 +415,9 @@ std::tuple<at::Tensor, at::Tensor> select_tokens_cuda(const at::Tensor& scores_i
   a.width_given = width.has_value();
   a.K = width.value_or(0);
   // Values on the device are checked on the host after the plan kernel, with one read; none can be read while the
-  // stream is captured into a CUDA graph, so the plan kernel asserts them then (docs/ARCHITECTURE.md §3.4).
-  a.device_asserts = cuda::capturing(stream);
+  // stream is captured into a CUDA graph, and the caller may waive the read (check=False): the plan kernel asserts
+  // them then (docs/ARCHITECTURE.md §3.4).
+  a.device_asserts = !check || cuda::capturing(stream);
   TORCH_CHECK_VALUE(!a.device_asserts || width.has_value(),
                     "sdtp.select_tokens: argument 'width' is required under CUDA graph capture (the output width "
                     "cannot be read back to the host while capturing)");

@@ -24,10 +24,11 @@ _LAYER_TYPES = ("full_attention", "sliding_attention")
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """`ops.compact` for tensors that transformers shares across the batch (batch dim 1) or keeps on another device
-    than the index (layers spread by accelerate): broadcast to the index's rows, then gather."""
+    than the index (layers spread by accelerate): broadcast to the index's rows, then gather. Every index here is
+    select_tokens' or made from it, in range by construction: no host read checks it (docs/ARCHITECTURE.md §3.4)."""
     if x.shape[0] != index.shape[0]:
         x = x.expand(index.shape[0], *x.shape[1:])
-    return ops.compact(x, index.to(x.device), dim)
+    return ops.compact(x, index.to(x.device), dim, check=False)
 
 
 class _Family:

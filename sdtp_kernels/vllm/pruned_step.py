@@ -46,8 +46,9 @@ class PrunedStep:
         if self.plan.prunes:
             x = hidden if residual is None else hidden + residual
             keep = self._select(stage, predictor, x)
-            hidden, residual = ops.compact(x.unsqueeze(0), keep.unsqueeze(0))[0], None
-            self.positions = ops.compact(self.positions.unsqueeze(0), keep.unsqueeze(0))[0]
+            # keep indexes x by construction: no host read of its range (docs/ARCHITECTURE.md §3.4).
+            hidden, residual = ops.compact(x.unsqueeze(0), keep.unsqueeze(0), check=False)[0], None
+            self.positions = ops.compact(self.positions.unsqueeze(0), keep.unsqueeze(0), check=False)[0]
             self.rows = keep if self.rows is None else self.rows[keep]
         self._install_metadata(stage)
         return hidden, residual, self.positions
@@ -65,7 +66,8 @@ class PrunedStep:
         scores = predictor.score(x)[flat]
         index, counts = ops.select_tokens(
             scores, _device(keep, self.device, torch.int64), _device(valid, self.device, torch.bool),
-            self.config.num_sink, _device(plan.local, self.device, torch.int64), width=int(keep.max()))
+            self.config.num_sink, _device(plan.local, self.device, torch.int64), width=int(keep.max()),
+            check=False)  # the plan's counts, checked against the realized ones below
         if self.tp_group is not None:
             # Every rank scores the same all-reduced hidden states (docs/ARCHITECTURE.md §8.3), yet a near tie may
             # fall either way on ranks whose reductions differ in the last bit: rank 0's choice is everyone's.

@@ -112,6 +112,35 @@ def test_select_with_width_and_compact_capture_in_a_cuda_graph():
     assert torch.equal(captured, step())
 
 
+def test_check_false_reads_nothing_back_and_changes_nothing():
+    """The integration's calls with check=False: the same results, and no synchronising copy (CUDA's sync debug
+    mode raises on one); with the checks on, the same calls read back once each."""
+    g = torch.Generator().manual_seed(5)
+    B, N, D = 3, 5000, 32
+    scores = torch.randn(B, N, generator=g).cuda()
+    x = torch.randn(B, N, D, generator=g).cuda()
+    valid = torch.ones(B, N, dtype=torch.bool, device="cuda")
+    valid[0, :100] = False
+    keep = torch.tensor([1000, 2000, 3000], device="cuda")
+    num_local = torch.tensor(64, device="cuda")
+
+    def step(check):
+        index, counts = sdtp_kernels.select_tokens(scores, keep, valid=valid, num_sink=4, num_local=num_local,
+                                                   width=3000, check=check)
+        return index, counts, sdtp_kernels.compact(x, index, check=check)
+
+    checked = step(True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        unchecked = step(False)
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            step(True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.equal(a, b) for a, b in zip(checked, unchecked))
+
+
 def test_select_without_width_under_capture_says_width_is_needed():
     scores = torch.randn(2, 64, device="cuda")
     keep = torch.tensor([10, 20], device="cuda")

@@ -112,3 +112,30 @@ def test_device_values_raise_as_on_cpu(case, device):
     assert type(got) is type(expected) and str(got) == str(expected), (got, expected)
     assert isinstance(expected, (ValueError, IndexError))
     assert torch.ones(3, device=device).sum().item() == 3  # the device is still usable
+
+
+# check=False waives the CUDA op's read back (docs/ARCHITECTURE.md §3.4); the CPU op reads nothing back, so it checks.
+CHECK_WAIVED_CASES = {
+    "width-mask": lambda check: sdtp_kernels.select_tokens(S, 6, valid=_ones_mask("cpu"), width=3, check=check),
+    "keep-negative": lambda check: sdtp_kernels.select_tokens(S, torch.tensor([1, -2]), width=8, check=check),
+    "num_local-negative": lambda check: sdtp_kernels.select_tokens(
+        S, 2, num_local=torch.tensor(-3), width=8, check=check),
+    "compact-index-above": lambda check: sdtp_kernels.compact(X, torch.tensor([[0, 8], [0, 1]]), check=check),
+}
+
+
+@pytest.mark.parametrize("case", CHECK_WAIVED_CASES)
+def test_check_false_still_checks_on_the_cpu(case):
+    expected = _raised(lambda: CHECK_WAIVED_CASES[case](True))
+    got = _raised(lambda: CHECK_WAIVED_CASES[case](False))
+    assert type(got) is type(expected) and str(got) == str(expected), (got, expected)
+    assert isinstance(expected, (ValueError, IndexError))
+
+def test_check_false_needs_width(device):
+    """Without a read back the output width cannot be known: the same error on every device and in the fake."""
+    keep = torch.tensor([2, 3], device=device)
+    with pytest.raises(ValueError, match="'width' is required with check=False"):
+        sdtp_kernels.select_tokens(S.to(device), keep, check=False)
+    with pytest.raises(ValueError, match="'width' is required with check=False"):
+        with torch._subclasses.fake_tensor.FakeTensorMode():
+            sdtp_kernels.select_tokens(torch.empty(2, 8), torch.tensor([2, 3]), check=False)

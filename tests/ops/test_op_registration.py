@@ -34,6 +34,14 @@ def test_opcheck(op, device):
         torch.library.opcheck(getattr(torch.ops.sdtp, op).default, args)
 
 
+def test_opcheck_with_check_false(device):
+    """The keyword-only `check` flag (docs/ARCHITECTURE.md §3.4) goes through the schema, the fakes and dispatch."""
+    samples = sample_args(device)
+    torch.library.opcheck(torch.ops.sdtp.select_tokens.default, samples["select_tokens"][1], {"check": False})
+    for args in samples["compact"]:
+        torch.library.opcheck(torch.ops.sdtp.compact.default, args, {"check": False})
+
+
 def test_torch_compile_fullgraph():
     torch._dynamo.config.capture_dynamic_output_shape_ops = True
     torch._dynamo.config.capture_scalar_outputs = True
