@@ -14,9 +14,7 @@ import argparse
 import contextlib
 import datetime
 import json
-import os
 import platform
-import sys
 
 import torch
 import transformers
@@ -24,7 +22,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.hf import apply_sdtp, sdtp_disabled
-from sdtp_kernels.measure import CLOCKS, FLOPS_METHOD, PEAK_MEM_METHOD, flops, layer_tokens, measure
+from sdtp_kernels.measure import (CLOCKS, FLOPS_METHOD, PEAK_MEM_METHOD, flops, layer_tokens, measure,
+                                  native_stderr_silenced)
 
 PRESETS = {
     "cpu": dict(
@@ -59,21 +58,6 @@ def dense_and_sdtp(model, fn, device: str, repeats: int, clock) -> tuple[list, l
     return dense, sdtp
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """The profiler's native library logs start/stop lines (and, on a machine without a GPU, a device-count error)
-    straight to file descriptor 2: silence it, not Python's own stderr, for the profiled call."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def device_allocations(device: str) -> int:
     """Device memory segments the CUDA caching allocator has obtained so far (cudaMalloc calls); 0 on the CPU."""
     return torch.cuda.memory_stats().get("segment.all.allocated", 0) if device == "cuda" else 0
@@ -84,7 +68,7 @@ def prune_overhead(prefill, device: str) -> float:
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with _native_stderr_silenced(), torch.profiler.profile(activities=activities) as profile:
+    with native_stderr_silenced(), torch.profiler.profile(activities=activities) as profile:
         prefill()
         if device == "cuda":
             torch.cuda.synchronize()
@@ -105,7 +89,7 @@ def first_generate_profile(model, context: int, new_tokens: int, device: str, to
         length = context + offset
         ids = torch.randint(1, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(length))
         disabled = sdtp_disabled(model) if name == "dense" else contextlib.nullcontext()
-        with disabled, torch.no_grad(), _native_stderr_silenced(), torch.profiler.profile(activities=activities) as p:
+        with disabled, torch.no_grad(), native_stderr_silenced(), torch.profiler.profile(activities=activities) as p:
             model.generate(ids.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
             if device == "cuda":
                 torch.cuda.synchronize()

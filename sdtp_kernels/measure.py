@@ -2,7 +2,10 @@
 benchmarks and `sdtp demo`."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
+import sys
 import time
 
 import torch
@@ -93,3 +96,18 @@ def measure(fn, device: str, clock) -> tuple[float, int]:
             torch.cuda.synchronize()
         seconds = clock() - start
     return seconds, memory.bytes
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """torch.profiler's native library logs start/stop lines (and, on a machine without a GPU, a device-count error)
+    straight to file descriptor 2: silence it, not Python's own stderr, around a profiled call."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
