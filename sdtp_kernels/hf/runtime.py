@@ -113,6 +113,10 @@ class _Forward:
             current = None if previous is None else state.key_slots[previous]
             valid = self.padding_mask if current is None else current >= 0
             scores = self.runtime.scorer.score(stage, hidden, predictor)
+            if scores.shape != hidden.shape[:2]:  # a scorer is user code; the ops below trust their indices (§3.4)
+                raise ValueError(f"SDTP: scorer '{self.runtime.scorer.name}' returned scores of shape "
+                                 f"{tuple(scores.shape)} at stage {stage}; expected one per token, "
+                                 f"{tuple(hidden.shape[:2])}")
             rows = plan.row_counts(scores.device)
             index, _ = ops.select_tokens(
                 scores,

@@ -67,7 +67,7 @@ class PrunedStep:
         index, counts = ops.select_tokens(
             scores, _device(keep, self.device, torch.int64), _device(valid, self.device, torch.bool),
             self.config.num_sink, _device(plan.local, self.device, torch.int64), width=int(keep.max()),
-            check=False)  # the plan's counts, checked against the realized ones below
+            check=False)  # the plan's own counts and width: no read back of them (the counts are read below)
         if self.tp_group is not None:
             # Every rank scores the same all-reduced hidden states (docs/ARCHITECTURE.md §8.3), yet a near tie may
             # fall either way on ranks whose reductions differ in the last bit: rank 0's choice is everyone's.

@@ -233,6 +233,24 @@ def test_predictor_files_with_nan_are_refused(tmp_path):
         save_sdtp(model, tmp_path / "again")
 
 
+def test_a_scorer_returning_the_wrong_shape_is_refused():
+    """The ops after the scorer trust their indices (check=False, docs/ARCHITECTURE.md §3.4): a custom scorer's scores
+    are checked against the tokens they rank before any is selected."""
+    from sdtp_kernels.hf import Scorer, set_scorer
+
+    class Extra(Scorer):
+        name = "extra"
+
+        def score(self, stage, hidden, predictor):
+            return torch.zeros(hidden.shape[0], hidden.shape[1] + 16)
+
+    model = apply_sdtp(tiny_model("llama"), PRUNING)
+    set_scorer(model, Extra())
+    with pytest.raises(ValueError, match=r"scorer 'extra' returned scores of shape \(1, 56\) at stage 1; expected"):
+        with torch.no_grad():
+            model(torch.ones(1, 40, dtype=torch.long))
+
+
 def test_unknown_scorer_names_the_known_ones():
     with pytest.raises(ValueError, match="unknown scorer 'best'; known scorers: predictor, random, attention"):
         apply_sdtp(tiny_model("llama"), PRUNING, scorer="best")
