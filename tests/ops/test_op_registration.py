@@ -37,7 +37,10 @@ def test_opcheck(op, device):
 def test_opcheck_with_check_false(device):
     """The keyword-only `check` flag (docs/ARCHITECTURE.md §3.4) goes through the schema, the fakes and dispatch."""
     samples = sample_args(device)
-    torch.library.opcheck(torch.ops.sdtp.select_tokens.default, samples["select_tokens"][1], {"check": False})
+    scores, keep, valid, num_sink, num_local, _ = samples["select_tokens"][0]
+    masked = (scores, keep.to(device), valid, num_sink, num_local.to(device), 12)  # the integration's kind of call
+    for args in (samples["select_tokens"][1], masked):
+        torch.library.opcheck(torch.ops.sdtp.select_tokens.default, args, {"check": False})
     for args in samples["compact"]:
         torch.library.opcheck(torch.ops.sdtp.compact.default, args, {"check": False})
 
