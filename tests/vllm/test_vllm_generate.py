@@ -45,12 +45,16 @@ def _kept_counts(worker):
 def test_kept_counts_read_back_equal_the_schedule_and_are_freed(llm):
     engine = llm.llm_engine
     for i, (prompt, m) in enumerate(zip(prompts(), MAX_TOKENS)):
-        engine.add_request(f"r{i}", {"prompt_token_ids": prompt}, greedy(m + 2))
-    # The engine core runs in its own process and may take the requests over more than one step: read the counts
-    # after every step until each request has had its first pass (each lives at least three steps).
+        engine.add_request(f"r{i}", {"prompt_token_ids": prompt}, greedy(m + 32))
+    # The engine core runs in its own process, may take the requests over more than one step and runs ahead of
+    # this loop: read the counts after every step until each request has had its first pass. Each request lives
+    # 33 steps or more, so that a busy machine cannot finish one (and free its counts) before it is read; and the loop
+    # ends with the requests, since a step with none left would wait for output forever.
     seen = {}
     try:
-        for _ in range(20):
+        for _ in range(40):
+            if not engine.has_unfinished_requests():
+                break
             engine.step()
             (held,) = llm.collective_rpc(_kept_counts)
             seen.update(held)
