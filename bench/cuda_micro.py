@@ -77,17 +77,13 @@ def kernel_breakdown(torch, fn, iters=5):
     """Microseconds per call that each kernel fn() launches takes on the device (torch.profiler), largest first.
     Empty on the CPU, which has no kernels to list."""
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
+
+    from sdtp_kernels.measure import profiling
 
     fn()
-    from sdtp_kernels.measure import native_stderr_silenced
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
-    with native_stderr_silenced(), profile(activities=activities) as prof:
+    with profiling(DEVICE) as prof:
         for _ in range(iters):
             fn()
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
     totals = {}
     for e in prof.events():
         if e.device_type == DeviceType.CUDA:

@@ -22,8 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.hf import apply_sdtp, sdtp_disabled
-from sdtp_kernels.measure import (CLOCKS, FLOPS_METHOD, PEAK_MEM_METHOD, flops, layer_tokens, measure,
-                                  native_stderr_silenced)
+from sdtp_kernels.measure import CLOCKS, FLOPS_METHOD, PEAK_MEM_METHOD, flops, layer_tokens, measure, profiling
 
 PRESETS = {
     "cpu": dict(
@@ -65,13 +64,8 @@ def device_allocations(device: str) -> int:
 
 def prune_overhead(prefill, device: str) -> float:
     """Seconds one pruned prefill spends inside SDTP's "sdtp.prune" ranges (score, select, compact, masks)."""
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with native_stderr_silenced(), torch.profiler.profile(activities=activities) as profile:
+    with profiling(device) as profile:
         prefill()
-        if device == "cuda":
-            torch.cuda.synchronize()
     events = [e for e in profile.key_averages() if e.key == "sdtp.prune"]
     if device == "cuda":  # the GPU time of the kernels launched inside the ranges
         return sum(e.device_time_total for e in events) / 1e6
@@ -81,18 +75,13 @@ def prune_overhead(prefill, device: str) -> float:
 def first_generate_profile(model, context: int, new_tokens: int, device: str, top: int = 15) -> dict:
     """Where a first generate's time goes: for dense and then SDTP, one generate at a prompt length not seen before
     (context + 1, then + 2), profiled; the operators and CUDA runtime calls that took the most host time."""
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
     result = {}
     for offset, name in ((1, "dense"), (2, "sdtp")):
         length = context + offset
         ids = torch.randint(1, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(length))
         disabled = sdtp_disabled(model) if name == "dense" else contextlib.nullcontext()
-        with disabled, torch.no_grad(), native_stderr_silenced(), torch.profiler.profile(activities=activities) as p:
+        with disabled, torch.no_grad(), profiling(device) as p:
             model.generate(ids.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-            if device == "cuda":
-                torch.cuda.synchronize()
         events = sorted(p.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
         result[name] = {"prompt_tokens": length, "top_self_cpu": [
             {"name": e.key, "calls": e.count, "self_cpu_s": e.self_cpu_time_total / 1e6,

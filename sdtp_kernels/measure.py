@@ -99,9 +99,22 @@ def measure(fn, device: str, clock) -> tuple[float, int]:
 
 
 @contextlib.contextmanager
-def native_stderr_silenced():
+def profiling(device: str):
+    """torch.profiler over the block (CPU operators, and CUDA kernels on "cuda", waited for at its end), yielding the
+    profile; the profiler's native log lines are kept out of the output."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with _native_stderr_silenced(), torch.profiler.profile(activities=activities) as profile:
+        yield profile
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
     """torch.profiler's native library logs start/stop lines (and, on a machine without a GPU, a device-count error)
-    straight to file descriptor 2: silence it, not Python's own stderr, around a profiled call."""
+    straight to file descriptor 2: silence it, not Python's own stderr."""
     sys.stderr.flush()
     saved = os.dup(2)
     with open(os.devnull, "w") as devnull:

@@ -43,17 +43,22 @@ struct FloatVector {
   }
 };
 
+// The dtypes the kernel reads in place (FloatVector's kinds and prepare_kernel's instantiations for w1).
+c10::optional<FloatVector::Kind> kind_of(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return FloatVector::kF32;
+    case at::kHalf: return FloatVector::kF16;
+    case at::kBFloat16: return FloatVector::kBF16;
+    case at::kDouble: return FloatVector::kF64;
+    default: return c10::nullopt;
+  }
+}
+
 FloatVector as_float_vector(const at::Tensor& t, std::vector<at::Tensor>& converted) {
   const at::Tensor v = t.reshape({-1});  // b2 may be 0-d; a view for every 1-d or 0-d input
-  switch (v.scalar_type()) {
-    case at::kFloat: return {v.data_ptr(), v.stride(0), FloatVector::kF32};
-    case at::kHalf: return {v.data_ptr(), v.stride(0), FloatVector::kF16};
-    case at::kBFloat16: return {v.data_ptr(), v.stride(0), FloatVector::kBF16};
-    case at::kDouble: return {v.data_ptr(), v.stride(0), FloatVector::kF64};
-    default:
-      converted.push_back(v.to(at::kFloat));
-      return {converted.back().data_ptr(), 1, FloatVector::kF32};
-  }
+  if (const auto kind = kind_of(v.scalar_type())) return {v.data_ptr(), v.stride(0), *kind};
+  converted.push_back(v.to(at::kFloat));
+  return {converted.back().data_ptr(), 1, FloatVector::kF32};
 }
 
 // One block per row h of w1 (grid-stride over rows): wf[h, :] = w1[h, :] * g, zero past D; then the grid copies b1
@@ -95,10 +100,8 @@ __global__ void __launch_bounds__(kThreads)
 ScoreWeights prepare_score_weights(const at::Tensor& w1, const at::Tensor& g, const at::Tensor& b1,
                                    const at::Tensor& w2, const at::Tensor& b2, int64_t Dp, at::ScalarType gemm_dtype,
                                    cudaStream_t stream) {
-  // w1 in its own dtype when the kernel has an instantiation for it (float32/16, bfloat16, float64), else float32.
-  const auto wt = w1.scalar_type();
-  const bool native = wt == at::kFloat || wt == at::kHalf || wt == at::kBFloat16 || wt == at::kDouble;
-  const auto w = (native ? w1 : w1.to(at::kFloat)).contiguous();
+  // w1 in its own dtype when the kernel reads it in place, else float32.
+  const auto w = (kind_of(w1.scalar_type()) ? w1 : w1.to(at::kFloat)).contiguous();
   const int64_t H = w.size(0), D = w.size(1);
   ScoreWeights out;
   out.H = H;

@@ -131,6 +131,7 @@ def test_check_false_still_checks_on_the_cpu(case):
     assert type(got) is type(expected) and str(got) == str(expected), (got, expected)
     assert isinstance(expected, (ValueError, IndexError))
 
+
 def test_check_false_needs_width(device):
     """Without a read back the output width cannot be known: the same error on every device and in the fake."""
     keep = torch.tensor([2, 3], device=device)
