@@ -32,7 +32,8 @@ SECTIONS = ("select", "compact", "score")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", nargs="?", default="build/bench/cuda_micro.json", help="JSON file to write (default: %(default)s)")
+    p.add_argument("out", nargs="?", default="build/bench/cuda_micro.json",
+                   help="JSON file to write (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (a smoke run)")
     p.add_argument("--tiny", action="store_true", help="toy shapes, to exercise the code (with --device cpu)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="default: %(default)s")
@@ -167,7 +168,8 @@ def bench_select(torch, sdtp, ref, size, iters):
             t = row["sdtp"]["median_ms"]
             row["speedup_vs_topk_sort"] = row["topk_sort"]["median_ms"] / t
             row["speedup_vs_python_ref"] = row["python_ref"]["median_ms"] / t
-            row["speedup_width_given_vs_topk_sort"] = row["topk_sort"]["median_ms"] / row["sdtp_width_given"]["median_ms"]
+            row["speedup_width_given_vs_topk_sort"] = (row["topk_sort"]["median_ms"]
+                                                       / row["sdtp_width_given"]["median_ms"])
             rows.append(row)
             print(f"select B={B} N={N} keep={keep}: sdtp {t:.3f} ms, width given "
                   f"{row['sdtp_width_given']['median_ms']:.3f} ms, integration's config "

@@ -36,6 +36,8 @@ PRESETS = {
         dtype=torch.bfloat16, contexts=[4096, 16384, 32768, 131072], new_tokens=128,
     ),
 }
+
+
 def build_model(preset: dict, device: str) -> LlamaForCausalLM:
     config = LlamaConfig(**preset["model"])
     config._attn_implementation = "sdpa"

@@ -117,7 +117,8 @@ def main() -> None:
         "sdtp": SDTPConfig().to_dict(),
         "step": "saliency marked on the fly + masked-simulation forward + backward + AdamW step, in a fresh "
                 f"process after one {WARM_UP_TOKENS}-token warm-up step",
-        "record": f"one row: a {args.tokens - ANSWER_TOKENS}-token prompt and a {ANSWER_TOKENS}-token answer (the loss)",
+        "record": f"one row: a {args.tokens - ANSWER_TOKENS}-token prompt and a {ANSWER_TOKENS}-token answer "
+                  "(the loss)",
         "peak_mem_method": PEAK_MEM_METHOD[args.device],
         "threads": args.threads,
         "machine": machine(args.device),

@@ -23,7 +23,8 @@ cd "$work/run"
 import importlib.util, os, sys
 import sdtp_kernels, sdtp_kernels.models
 root = sys.argv[1]
-assert not sdtp_kernels.__file__.startswith(os.path.join(root, "sdtp_kernels")), f"imported the source tree: {sdtp_kernels.__file__}"
+assert not sdtp_kernels.__file__.startswith(os.path.join(root, "sdtp_kernels")), \
+    f"imported the source tree: {sdtp_kernels.__file__}"
 assert importlib.util.find_spec("python_ref") is None, "python_ref must not be installed"
 print("installed at", sdtp_kernels.__file__, "; reference model at", sdtp_kernels.models.reference_model())
 PY

@@ -11,7 +11,9 @@ if [ "$("$py" -c 'import torch; print(torch.version.cuda is not None)')" = True 
   # A CUDA build of torch needs the toolkit even for the CPU-only library; nvrtc ships with torch's wheels.
   CUDA_HOME=${CUDA_HOME:-$("$py" scripts/find_cuda_home.py)}
   [ -n "$CUDA_HOME" ] || { echo "a CUDA build of torch needs the CUDA toolkit (nvcc or CUDA_HOME)"; exit 1; }
-  nvrtc=$("$py" -c 'import glob, os, torch; print(next(iter(sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "*", "lib", "libnvrtc.so*")))), ""))')
+  nvrtc=$("$py" -c 'import glob, os, torch
+libs = glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "*", "lib", "libnvrtc.so*"))
+print(min(libs, default=""))')
   args+=(-DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME" -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc")
   [ -n "$nvrtc" ] && args+=(-DCUDA_nvrtc_LIBRARY="$nvrtc")
 fi

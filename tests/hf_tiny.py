@@ -84,8 +84,6 @@ def prompts(batch: int = 2, seed: int = 1):
     return ids, mask
 
 
-
-
 def training_workdir(root, short_line=None):
     """`root` with a saved tiny Llama (no tokenizer) and data.jsonl: 16 pre-tokenised prompt + answer records of 20
     to 39 tokens (line `short_line`, if given, only 3: every token protected). Returns root."""

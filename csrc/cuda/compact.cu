@@ -123,7 +123,8 @@ at::Tensor compact_cuda(const at::Tensor& x_in, const at::Tensor& index_in, int6
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, c10::SymInt> compact_varlen_cuda(const at::Tensor& x_in, const at::Tensor& index_in) {
+std::tuple<at::Tensor, at::Tensor, c10::SymInt> compact_varlen_cuda(const at::Tensor& x_in,
+                                                                    const at::Tensor& index_in) {
   check_compact_inputs(x_in, index_in, 1, "sdtp.compact_varlen");
   TORCH_CHECK(x_in.is_cuda(), "sdtp.compact_varlen: argument 'x' must be a CUDA tensor here");
   const c10::cuda::CUDAGuard guard(x_in.device());

@@ -276,7 +276,8 @@ __global__ void __launch_bounds__(kThreads) count_kernel(SelectArgs a, const T* 
   const T* row = scores + b * a.N;
   const bool* mask = a.mask ? a.mask + b * a.N : nullptr;
   uint64_t c = 0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) c += class_count(classify(row, mask, i, info, st.prefix));
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
+    c += class_count(classify(row, mask, i, info, st.prefix));
   c = block_sum<kThreads>(c, scratch_u);
   if (threadIdx.x == 0) a.chunk_counts[b * a.chunks + blockIdx.x] = c;
 }

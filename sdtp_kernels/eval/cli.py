@@ -96,7 +96,6 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def add_commands(subparsers) -> None:
     """Add `eval` to an argparse subparsers object."""
     parser = subparsers.add_parser(

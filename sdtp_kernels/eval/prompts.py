@@ -20,8 +20,6 @@ class Prompt:
     labels: Optional[list[int]] = None  # per prompt token: labelled tokens inside the prompt (-100 = none), if any
 
 
-
-
 def read_task(task_json: str) -> tuple[RetrievalTaskConfig, int]:
     """(RetrievalTaskConfig, held-out seed) of a task.json: its ``heldout_seed``, or without one the task seed +
     1000003, so never the training examples."""
@@ -82,15 +80,12 @@ def file_prompts(path: str, count: Optional[int] = None, start: int = 0) -> list
     return prompts if count is None else prompts[:count]
 
 
-
 @dataclasses.dataclass
 class PromptBatch:
     input_ids: torch.Tensor  # [B, N], left-padded with 0
     attention_mask: torch.Tensor  # [B, N]
     answers: torch.Tensor  # [B]
     answer_columns: Optional[torch.Tensor]  # [B] column of the answer's context token in the padded row
-
-
 
 
 def prompt_batches(prompts: Sequence[Prompt], batch_size: int, device: torch.device) -> Iterator[PromptBatch]:

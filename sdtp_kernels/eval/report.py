@@ -89,7 +89,6 @@ def plot(results: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
-
 def format_table(results: dict[str, Any]) -> str:
     """A Markdown table of the results (for notes and the README)."""
     acc, top1, kl, kept = (results["accuracy"], results["agreement"]["top1"], results["agreement"]["kl"],

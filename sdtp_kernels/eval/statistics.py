@@ -19,7 +19,6 @@ def rankdata(a: torch.Tensor) -> torch.Tensor:
     return 0.5 * (bounds[dense] + bounds[dense - 1] + 1).double()
 
 
-
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     """Spearman rank correlation of two 1-D tensors (NaN when either is constant or shorter than 2)."""
     if x.numel() < 2:
@@ -28,8 +27,6 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denominator = (rx.norm() * ry.norm()).item()
     return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")
-
-
 
 
 def mean(values: Sequence[float]) -> float:

@@ -248,7 +248,9 @@ class RetrievalTask:
         return " ".join(names[t] if 0 <= t < len(names) else f"?{t}" for t in ids)
 
 
-def write_jsonl(path: str | os.PathLike, examples: Iterable[RetrievalExample], config: RetrievalTaskConfig | None = None) -> int:
+def write_jsonl(
+    path: str | os.PathLike, examples: Iterable[RetrievalExample], config: RetrievalTaskConfig | None = None
+) -> int:
     """Write one JSON record per example (``input_ids``, ``answer``, positions); returns the count.
 
     When ``config`` is given, ``<path>.task.json`` describing the generator is written next to it.
@@ -278,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--start", type=int, default=0)
-    p.add_argument("--task-json", help="take the generator settings from a task.json (e.g. sdtp_kernels/models/reference/task.json)")
+    p.add_argument("--task-json",
+                   help="take the generator settings from a task.json (e.g. sdtp_kernels/models/reference/task.json)")
     for f in dataclasses.fields(RetrievalTaskConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
     a = p.parse_args(argv)
@@ -287,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         with open(a.task_json) as fh:
             d = json.load(fh)
         base = RetrievalTaskConfig.from_dict(d.get("task", d))
-    over = {f.name: getattr(a, f.name) for f in dataclasses.fields(RetrievalTaskConfig) if getattr(a, f.name) is not None}
+    over = {f.name: getattr(a, f.name) for f in dataclasses.fields(RetrievalTaskConfig)
+            if getattr(a, f.name) is not None}
     task = RetrievalTask(base, **over)
     n = write_jsonl(a.out, task.examples(a.start, a.count), task.config)
     print(f"wrote {n} examples to {a.out} (vocab_size={task.vocab_size}, seq_len={task.config.seq_len})")

@@ -9,7 +9,8 @@ import os
 from typing import Optional
 
 from ..config import SDTPConfig
-from .options import ATTENTIONS, DTYPE_ALIASES, DTYPES, LR_SCHEDULES, NORMALIZATIONS, TASK_LOSSES, LossOptions, SaliencyOptions, TrainOptions
+from .options import (ATTENTIONS, DTYPE_ALIASES, DTYPES, LR_SCHEDULES, NORMALIZATIONS, TASK_LOSSES, LossOptions,
+                      SaliencyOptions, TrainOptions)
 
 _CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SDTPConfig)}
 _LOSS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LossOptions)}

@@ -1,6 +1,7 @@
 """The package's layout (docs/ARCHITECTURE.md §2): python_ref imports nothing of ours, imports only point downwards
-through the layers, the module graph has no cycle, no module grows past 400 lines, and configuration, tasks and
-file formats import without the compiled extension (which fails with one clear error on first op use)."""
+through the layers, the module graph has no cycle, no module grows past 400 lines, no line of code past 120
+characters, and configuration, tasks and file formats import without the compiled extension (which fails with one
+clear error on first op use)."""
 import ast
 import pathlib
 import shutil
@@ -102,6 +103,17 @@ def test_no_import_cycle():
 
 def test_no_module_over_400_lines():
     long = {str(p.relative_to(ROOT)): n for p in _package_files() if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
+
+
+CODE = ("sdtp_kernels/**/*.py", "python_ref/*.py", "bench/*.py", "tests/**/*.py", "csrc/**/*.c*", "csrc/**/*.h",
+        "scripts/*", ".ci/run", "CMakeLists.txt", "pyproject.toml")
+
+
+def test_no_line_of_code_over_120_characters():
+    files = {p for pattern in CODE for p in ROOT.glob(pattern) if p.is_file() and "__pycache__" not in p.parts}
+    long = [f"{p.relative_to(ROOT)}:{i}" for p in sorted(files)
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if len(line) > 120]
     assert not long, long
 
 

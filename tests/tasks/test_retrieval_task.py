@@ -108,7 +108,8 @@ def test_jsonl_round_trip(tmp_path):
 
 def test_cli_writes_jsonl(tmp_path):
     out = tmp_path / "d.jsonl"
-    retrieval_main(["--out", str(out), "--count", "3", "--seq-len", "80", "--n-pairs", "2", "--n-queries", "2", "--seed", "9"])
+    retrieval_main(["--out", str(out), "--count", "3", "--seq-len", "80", "--n-pairs", "2", "--n-queries", "2",
+                    "--seed", "9"])
     recs = read_jsonl(out)
     ref = RetrievalTask(seq_len=80, n_pairs=2, n_queries=2, seed=9).examples(0, 3)
     assert [r.input_ids for r in recs] == [e.input_ids for e in ref]
