@@ -1,4 +1,4 @@
-"""Time to first token and prefill throughput inside vLLM, dense vs SDTP (docs/ARCHITECTURE.md §8): the CPU preset
+"""Time to first token and prefill throughput inside vLLM, dense vs SDTP (docs/ARCHITECTURE.md §7): the CPU preset
 of bench/e2e.py (16 layers, hidden 512, random weights, fp32) saved once, served as it is (dense) and as its
 `sdtp export` with random predictors and the default schedule (SDTP). One engine each, eager both (SDTP runs
 eagerly), one prompt at a time; TTFT is the best wall time of `generate(max_tokens=1)` over --repeats.

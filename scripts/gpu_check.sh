@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for the GPU machine (docs/ARCHITECTURE.md §9; one H200, ~10 min): builds the extension there for
+# One command for the GPU machine (docs/ARCHITECTURE.md §8; one H200, ~10 min): builds the extension there for
 # sm_90 (its time is recorded, to plan the budget), prints build_info, runs the error cases (each in its own process:
 # a device-side assert would end the CUDA context), the CUDA tests under CUDA_LAUNCH_BLOCKING=1, compute-sanitizer
 # memcheck, racecheck, initcheck and synccheck over scripts/sanitizer_smoke.py, the CUDA micro benchmarks (both
@@ -9,7 +9,7 @@
 #   bash scripts/gpu_check.sh             on the GPU machine
 #   bash scripts/gpu_check.sh --dry-run   here, without a GPU: every step's script and Python code runs on the CPU
 #                                          on toy sizes (the build, the sanitizers and the whole suite are skipped),
-#                                          so that the check's own errors show before a GPU is lent. CI runs it.
+#                                          so that the check's own errors show without a GPU. CI runs it.
 #
 # Everything lands in $OUT (default ./gpu_out), at most a handful of files:
 #   gpu_check.json  every step (status, seconds, output tail), build_info, build seconds, benchmark figures
@@ -112,7 +112,7 @@ dry_run_skip build || step build 360 env CC="$BUILD_CC" CXX="$BUILD_CXX" SDTP_CU
   "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . -v
 step build_info 60 "$PY" -c 'import json, sdtp_kernels; print(json.dumps(sdtp_kernels.build_info()))'
 # The extension's own error messages (an integer formatted into a C++ exception) must reach Python as exceptions:
-# a build whose C++ runtime differs from the one the process loads crashes here instead (docs/ARCHITECTURE.md §9).
+# a build whose C++ runtime differs from the one the process loads crashes here instead (docs/ARCHITECTURE.md §8).
 step native_errors 60 "$PY" -c '
 import torch, sdtp_kernels
 try:

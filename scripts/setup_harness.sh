@@ -11,7 +11,7 @@ if [ -f "$target/.installed" ] && [ "$(cat "$target/.installed")" = "$spec" ]; t
   echo "setup_harness: $spec is installed in $target"
   exit 0
 fi
-echo "setup_harness: installing $spec into $target (about 40 s, 750 MB)"
+echo "setup_harness: installing $spec into $target (about 50 s, 750 MB)"
 rm -rf "$target"
 mkdir -p build
 .venv/bin/python -m pip freeze --exclude-editable | grep -v '^sdtp' > build/venv-constraints.txt

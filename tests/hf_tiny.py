@@ -38,21 +38,21 @@ _ROPE = dict(
     num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
 )
 _MOE = dict(num_experts_per_tok=2)
-MODELS = {
-    "llama": lambda: (LlamaForCausalLM, LlamaConfig(**_ROPE)),
-    "mistral": lambda: (MistralForCausalLM, MistralConfig(**_ROPE)),  # its default window (4096) > the prompt
-    "qwen2": lambda: (Qwen2ForCausalLM, Qwen2Config(**_ROPE)),
-    "qwen3": lambda: (Qwen3ForCausalLM, Qwen3Config(**_ROPE, head_dim=16)),
-    "bloom": lambda: (BloomForCausalLM, BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=LAYERS, n_head=4)),
+MODELS = {  # name: (model class, config class, config arguments)
+    "llama": (LlamaForCausalLM, LlamaConfig, _ROPE),
+    "mistral": (MistralForCausalLM, MistralConfig, _ROPE),  # its default window (4096) > the prompt
+    "qwen2": (Qwen2ForCausalLM, Qwen2Config, _ROPE),
+    "qwen3": (Qwen3ForCausalLM, Qwen3Config, {**_ROPE, "head_dim": 16}),
+    "bloom": (BloomForCausalLM, BloomConfig, {"vocab_size": VOCAB, "hidden_size": 64, "n_layer": LAYERS, "n_head": 4}),
     # Sliding and full layers alternate (default windows: 4096), soft-capping, two rotary tables.
-    "gemma2": lambda: (Gemma2ForCausalLM, Gemma2Config(**_ROPE, head_dim=16)),
-    "gemma3": lambda: (Gemma3ForCausalLM, Gemma3TextConfig(**_ROPE, head_dim=16)),
-    "phi3": lambda: (Phi3ForCausalLM, Phi3Config(**_ROPE)),  # fused QKV
-    "olmo2": lambda: (Olmo2ForCausalLM, Olmo2Config(**_ROPE)),  # QK-norm, norms after attention and MLP
-    "granite": lambda: (GraniteForCausalLM, GraniteConfig(**_ROPE)),  # residual and attention multipliers
-    "mixtral": lambda: (MixtralForCausalLM, MixtralConfig(**_ROPE, num_local_experts=4, **_MOE)),
-    "qwen3moe": lambda: (Qwen3MoeForCausalLM, Qwen3MoeConfig(**_ROPE, head_dim=16, num_experts=4,
-                                                             moe_intermediate_size=32, **_MOE)),
+    "gemma2": (Gemma2ForCausalLM, Gemma2Config, {**_ROPE, "head_dim": 16}),
+    "gemma3": (Gemma3ForCausalLM, Gemma3TextConfig, {**_ROPE, "head_dim": 16}),
+    "phi3": (Phi3ForCausalLM, Phi3Config, _ROPE),  # fused QKV
+    "olmo2": (Olmo2ForCausalLM, Olmo2Config, _ROPE),  # QK-norm, norms after attention and MLP
+    "granite": (GraniteForCausalLM, GraniteConfig, _ROPE),  # residual and attention multipliers
+    "mixtral": (MixtralForCausalLM, MixtralConfig, {**_ROPE, "num_local_experts": 4, **_MOE}),
+    "qwen3moe": (Qwen3MoeForCausalLM, Qwen3MoeConfig,
+                 {**_ROPE, "head_dim": 16, "num_experts": 4, "moe_intermediate_size": 32, **_MOE}),
 }
 EAGER_ONLY = ("bloom", "gemma2")  # BLOOM has no SDPA path; Gemma 2's soft-capping needs eager attention
 # (model, attention implementation)
@@ -60,9 +60,8 @@ VARIANTS = [(m, a) for m in MODELS for a in ("eager", "sdpa") if not (m in EAGER
 
 
 def tiny_model(name: str, attn: str = "eager", seed: int = 0, **overrides):
-    cls, config = MODELS[name]()
-    for key, value in overrides.items():
-        setattr(config, key, value)
+    cls, config_cls, arguments = MODELS[name]
+    config = config_cls(**{**arguments, **overrides})  # the constructor derives settings (layer_types) from them
     if name != "bloom":  # BLOOM's config takes no attention implementation
         config._attn_implementation = attn
     torch.manual_seed(seed)

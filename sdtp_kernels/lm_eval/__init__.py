@@ -5,7 +5,7 @@
     lm_eval.simple_evaluate(model="sdtp", model_args="pretrained=DIR,keep_ratio=0.7", tasks=[...])
 
 evaluates a model with its SDTP predictors; `python -m sdtp_kernels.lm_eval ...` takes the harness's command line
-with the retrieval tasks of the reference model (`tasks.task_folder()`) included. docs/ARCHITECTURE.md §6."""
+with the retrieval tasks of the reference model (`tasks.task_folder()`) included. docs/ARCHITECTURE.md §6.1."""
 from .model import SDTPLM
 from .tasks import TASKS, task_folder
 

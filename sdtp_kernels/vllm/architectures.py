@@ -1,4 +1,4 @@
-"""The architectures the plugin serves, and the vLLM releases it is tested with (docs/ARCHITECTURE.md §8). Plain
+"""The architectures the plugin serves, and the vLLM releases it is tested with (docs/ARCHITECTURE.md §7.1). Plain
 data, importable without vLLM: `sdtp export` names the SDTP architecture from here."""
 from __future__ import annotations
 

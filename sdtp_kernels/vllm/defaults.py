@@ -1,4 +1,4 @@
-"""vLLM's defaults for an SDTP architecture (docs/ARCHITECTURE.md §8.2). vLLM turns chunked prefill and prefix caching
+"""vLLM's defaults for an SDTP architecture (docs/ARCHITECTURE.md §7.2). vLLM turns chunked prefill and prefix caching
 on by default when the model's configuration says it supports them (`ModelConfig.is_chunked_prefill_supported`,
 `is_prefix_caching_supported`), and with chunked prefill off it raises the token budget of a step to the model
 length. An SDTP architecture says it supports neither, so `vllm serve OUT` and `LLM(model=OUT)` need no flags;

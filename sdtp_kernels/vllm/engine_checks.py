@@ -1,4 +1,4 @@
-"""Engine-start checks of an SDTP model (docs/ARCHITECTURE.md §8.4): vLLM's internals are where the plugin expects
+"""Engine-start checks of an SDTP model (docs/ARCHITECTURE.md §7.4): vLLM's internals are where the plugin expects
 them, the schedule loads, and every feature pruning cannot serve yet is refused with a message saying what to
 pass instead. Runs from vLLM's per-architecture config hook, when the engine's configuration is made."""
 from __future__ import annotations

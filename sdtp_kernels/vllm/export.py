@@ -1,4 +1,4 @@
-"""`sdtp export`: a model folder vLLM serves with SDTP as it is (docs/ARCHITECTURE.md §8.1).
+"""`sdtp export`: a model folder vLLM serves with SDTP as it is (docs/ARCHITECTURE.md §7.1).
 
 OUT holds the model's files (weights and tokenizer linked, or copied with --copy), its config.json with the SDTP
 architecture (e.g. SDTPLlamaForCausalLM), and the predictors with their schedule (`sdtp_config.json`,

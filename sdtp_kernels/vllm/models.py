@@ -1,4 +1,4 @@
-"""SDTP variants of vLLM's own model classes (docs/ARCHITECTURE.md §8.3): subclasses that add the stage predictors,
+"""SDTP variants of vLLM's own model classes (docs/ARCHITECTURE.md §7.3): subclasses that add the stage predictors,
 prune each request's first pass at the stage layers (forward pre-hooks on vLLM's decoder layers, so the module
 tree and weight names stay vLLM's), and return every request's last token in its original row."""
 from __future__ import annotations

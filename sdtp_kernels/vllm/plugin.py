@@ -1,4 +1,4 @@
-"""The `vllm.general_plugins` entry point (docs/ARCHITECTURE.md §8.2). vLLM calls `register` in every process it
+"""The `vllm.general_plugins` entry point (docs/ARCHITECTURE.md §7.2). vLLM calls `register` in every process it
 starts (engine core, workers, the API server): the SDTP architectures join vLLM's model registry (imported lazily,
 when a folder names one), their engine-start checks join vLLM's per-architecture config hooks, vLLM's defaults leave
 chunked prefill and prefix caching off for them, and the runner link is installed."""

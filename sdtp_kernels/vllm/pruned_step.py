@@ -1,4 +1,4 @@
-"""The device side of one engine step of an SDTP model (docs/ARCHITECTURE.md §8.3): at a stage layer, score and
+"""The device side of one engine step of an SDTP model (docs/ARCHITECTURE.md §7.3): at a stage layer, score and
 select each request's tokens and compact hidden states and positions; for every stage's layers, attention metadata
 that describes only the tokens they hold, built by the attention backend's own metadata builder, and KV slots
 that write those tokens into a compact prefix of each request's blocks."""
@@ -69,7 +69,7 @@ class PrunedStep:
             self.config.num_sink, _device(plan.local, self.device, torch.int64), width=int(keep.max()),
             check=False)  # the plan's own counts and width: no read back of them (the counts are read below)
         if self.tp_group is not None:
-            # Every rank scores the same all-reduced hidden states (docs/ARCHITECTURE.md §8.3), yet a near tie may
+            # Every rank scores the same all-reduced hidden states (docs/ARCHITECTURE.md §7.3), yet a near tie may
             # fall either way on ranks whose reductions differ in the last bit: rank 0's choice is everyone's.
             index = self.tp_group.broadcast(index, src=0)
         realized = counts.tolist()

@@ -1,4 +1,4 @@
-"""Which model runner is calling the model (docs/ARCHITECTURE.md §8.2). vLLM's model sees neither request ids nor
+"""Which model runner is calling the model (docs/ARCHITECTURE.md §7.2). vLLM's model sees neither request ids nor
 the runner; the runner's `_model_forward`, the step's one call of the model, is wrapped so that the SDTP model can
 read the runner's batch (requests, query starts, block tables, attention groups) during that call. Dummy and
 profiling runs call the model directly and so run unpruned."""

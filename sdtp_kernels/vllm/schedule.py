@@ -1,4 +1,4 @@
-"""The schedule a served SDTP model runs (docs/ARCHITECTURE.md §8.1): the predictors and config saved in the model
+"""The schedule a served SDTP model runs (docs/ARCHITECTURE.md §7.1): the predictors and config saved in the model
 folder, with load-time overrides from the model config's `sdtp_<field>` attributes (vLLM's `hf_overrides`)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The host side of one engine step of an SDTP model (docs/ARCHITECTURE.md §8.3): for every row of the flat token
+"""The host side of one engine step of an SDTP model (docs/ARCHITECTURE.md §7.3): for every row of the flat token
 batch, which request it is, where its tokens are, and how many tokens each stage's layers hold of it.
 
 Per-request state is the list of kept counts of stages 0..S (stage 0: the prompt), stored on the runner's own

@@ -257,7 +257,8 @@ def test_unknown_scorer_names_the_known_ones():
 
 
 def test_decoding_without_padding_gives_pruned_layers_no_mask_as_the_dense_layers_get():
-    """sdpa then runs the dense model's unmasked kernels; with padding every layer gets a mask (docs §4.5)."""
+    """sdpa then runs the dense model's unmasked kernels; with padding every layer gets a mask
+    (docs/ARCHITECTURE.md §4.5)."""
     model = apply_sdtp(tiny_model("llama", "sdpa"), PRUNING)
     seen = []
     layer = model.model.layers[LAYERS - 1]  # pruned in every stage

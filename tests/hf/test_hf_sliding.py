@@ -12,7 +12,8 @@ from sdtp_kernels.hf.model_call import output_cache
 WINDOW = 16
 WINDOWED = {  # how each family gets windows of 16 tokens
     "mistral": {"sliding_window": WINDOW},  # every layer
-    "qwen2": {"sliding_window": WINDOW, "layer_types": ["full_attention"] * 4 + ["sliding_attention"] * 4},
+    # as Qwen2 checkpoints set it: the layers from max_window_layers on slide (the config derives layer_types)
+    "qwen2": {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 4},
     "gemma2": {"sliding_window": WINDOW},  # sliding and full layers alternate
     "gemma3": {"sliding_window": WINDOW},  # five sliding layers to one full
 }
@@ -50,6 +51,11 @@ def test_32_decoded_tokens_with_a_short_window_equal_the_masked_simulation(name,
     with torch.no_grad():
         got = model.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=False)
     assert torch.equal(got, expected)
+
+
+def test_qwen2_slides_from_max_window_layers_on():
+    config = _model("qwen2", "sdpa").config
+    assert config.layer_types == ["full_attention"] * 4 + ["sliding_attention"] * (config.num_hidden_layers - 4)
 
 
 def test_a_window_longer_than_the_prompt_is_full_attention():

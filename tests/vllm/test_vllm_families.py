@@ -1,4 +1,4 @@
-"""The other families the plugin serves (docs/ARCHITECTURE.md §8.3): Mistral (its own decoder layer and weight
+"""The other families the plugin serves (docs/ARCHITECTURE.md §7.3): Mistral (its own decoder layer and weight
 loader), Qwen2 (biases on q/k/v) and Qwen3 (RMSNorm on q and k), each exported with `sdtp export`, give in vLLM the
 greedy tokens and log-probabilities of apply_sdtp + generate(). One engine per family; prompts within one KV block
 and across two and three."""

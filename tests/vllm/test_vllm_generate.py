@@ -1,4 +1,4 @@
-"""vLLM + SDTP against transformers + apply_sdtp on the same exported folder (docs/ARCHITECTURE.md §8): greedy
+"""vLLM + SDTP against transformers + apply_sdtp on the same exported folder (docs/ARCHITECTURE.md §7): greedy
 tokens and their log-probabilities, prompts of 1 to 333 tokens (across KV blocks) with different numbers of new
 tokens, so that steps mix first passes and decodes; kept counts read back from the engine; state freed."""
 import pytest

@@ -1,6 +1,6 @@
 """Preemption by recompute: a request that lost its blocks comes back as one first pass over its prompt and the
 tokens it had generated; SDTP prunes the prompt exactly as before and never the generated tokens, so the result
-is that of a run without preemption (docs/ARCHITECTURE.md §8.3)."""
+is that of a run without preemption (docs/ARCHITECTURE.md §7.3)."""
 import pytest
 
 from engine import assert_same_generation, generate, hf_reference, start

@@ -1,5 +1,5 @@
 """What pruning cannot serve yet is refused when the engine's configuration is made, before any process starts,
-each with a message naming the feature and what to pass instead (docs/ARCHITECTURE.md §8.4)."""
+each with a message naming the feature and what to pass instead (docs/ARCHITECTURE.md §7.4)."""
 import pytest
 
 from engine import start

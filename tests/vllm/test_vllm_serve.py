@@ -1,5 +1,5 @@
 """vLLM's OpenAI server (`vllm serve OUT`) with the plugin installed answers an OpenAI-style completion over HTTP on
-localhost with the tokens of apply_sdtp + generate() (docs/ARCHITECTURE.md §8)."""
+localhost with the tokens of apply_sdtp + generate() (docs/ARCHITECTURE.md §7)."""
 import json
 import socket
 import subprocess
@@ -34,7 +34,8 @@ def test_completion_over_http(tmp_path):
     # the version of a distribution named "vllm", which that package is not.
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--host", "127.0.0.1",
                "--port", str(port), "--dtype", "float32", "--skip-tokenizer-init", "--max-model-len", str(MAX_LEN)]
-    # No SDTP flag: the SDTP architecture leaves prefix caching and chunked prefill off by default (§8.4).
+    # No SDTP flag: the SDTP architecture leaves prefix caching and chunked prefill off by default
+    # (docs/ARCHITECTURE.md §7.2).
     with open(tmp_path / "serve.log", "w") as log:
         # From tmp_path: python -m puts the working folder on sys.path, and the source tree must not shadow the package.
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)

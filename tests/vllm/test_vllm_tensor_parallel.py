@@ -1,4 +1,4 @@
-"""Tensor parallelism (docs/ARCHITECTURE.md §8.3): two ranks score replicated hidden states and keep rank 0's
+"""Tensor parallelism (docs/ARCHITECTURE.md §7.3): two ranks score replicated hidden states and keep rank 0's
 selection, and give the greedy tokens and log-probabilities of apply_sdtp + generate(), prompts across KV blocks."""
 import os
 

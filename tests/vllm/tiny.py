@@ -12,7 +12,7 @@ PROMPT_LENGTHS = [1, 5, 17, 64, 127, 129, 200, 300, 333]
 MAX_TOKENS = [3, 8, 1, 12, 5, 9, 4, 7, 6]
 
 # Per family: transformers' (config, model) class names and what the shared shape needs besides. head_dim 32 is the
-# smallest head size vLLM's CPU attention supports; a sliding window is refused (docs/ARCHITECTURE.md §8.4).
+# smallest head size vLLM's CPU attention supports; a sliding window is refused (docs/ARCHITECTURE.md §7.4).
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
     "mistral": ("MistralConfig", "MistralForCausalLM", {"head_dim": 32, "sliding_window": None}),
