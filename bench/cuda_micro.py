@@ -19,6 +19,7 @@ one run. CUDA-event timing: warm-up calls, then the median of many timed calls, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -232,19 +233,19 @@ def bench_compact(torch, sdtp, ref, size, iters, ceilings):
 SCORE_PATHS = ("fused", "gemm", "auto")  # SDTP_SCORE_PATH values (csrc/cuda/score_paths.h)
 
 
-def with_score_path(path, fn):
-    """fn() with SDTP_SCORE_PATH = path (read by the op on every call)."""
-    def call():
-        old = os.environ.get("SDTP_SCORE_PATH")
-        os.environ["SDTP_SCORE_PATH"] = path
-        try:
-            return fn()
-        finally:
-            if old is None:
-                del os.environ["SDTP_SCORE_PATH"]
-            else:
-                os.environ["SDTP_SCORE_PATH"] = old
-    return call
+@contextlib.contextmanager
+def score_path(path):
+    """SDTP_SCORE_PATH = path (the op reads it on every call) inside the block: set around the timed calls, not in
+    them, so that the path's figures do not include setting it."""
+    old = os.environ.get("SDTP_SCORE_PATH")
+    os.environ["SDTP_SCORE_PATH"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SDTP_SCORE_PATH"]
+        else:
+            os.environ["SDTP_SCORE_PATH"] = old
 
 
 def bench_score(torch, sdtp, size, iters, ceilings):
@@ -278,17 +279,21 @@ def bench_score(torch, sdtp, size, iters, ceilings):
         row = {"tokens": T, "D": D, "H": H, "dtype": str(dt).replace("torch.", ""), "unfused_torch": tb,
                "bytes": nbytes, "flops": flops, "matmul_rate_flop_per_s": rate, "roofline_bound_ms": bound_ms,
                "max_abs_err_unfused_vs_fp64_first_4096": float((unfused(x)[sub].double() - exact).abs().max())}
+        def call():
+            return sdtp.saliency_score(x, nw, w1, b1, w2, b2)
+
         for path in SCORE_PATHS:
-            call = with_score_path(path, lambda: sdtp.saliency_score(x, nw, w1, b1, w2, b2))
-            t = cuda_time_ms(torch, call, warmup=3, iters=iters)
+            with score_path(path):
+                t = cuda_time_ms(torch, call, warmup=3, iters=iters)
+                err = float((call()[sub].double() - exact).abs().max())
             row[path] = {**t, "speedup_vs_unfused": tb["median_ms"] / t["median_ms"],
                          "ratio_to_roofline": t["median_ms"] / bound_ms,
                          "achieved_tflop_per_s": flops / (t["median_ms"] * 1e-3) / 1e12,
-                         "max_abs_err_vs_fp64_first_4096": float((call()[sub].double() - exact).abs().max())}
+                         "max_abs_err_vs_fp64_first_4096": err}
         if T in (64, 4096, 32768):  # where the time goes, for the next change of the rule or of the kernels
-            gemm = with_score_path("gemm", lambda: sdtp.saliency_score(x, nw, w1, b1, w2, b2))
-            row["kernels_us_per_call"] = {"gemm": kernel_breakdown(torch, gemm),
-                                          "unfused_torch": kernel_breakdown(torch, lambda: unfused(x))}
+            with score_path("gemm"):
+                gemm = kernel_breakdown(torch, call)
+            row["kernels_us_per_call"] = {"gemm": gemm, "unfused_torch": kernel_breakdown(torch, lambda: unfused(x))}
         best = min(("fused", "gemm"), key=lambda p: row[p]["median_ms"])
         row["faster_path"] = best
         row["auto_within_5pct_of_faster"] = row["auto"]["median_ms"] <= 1.05 * row[best]["median_ms"]
