@@ -296,6 +296,7 @@ def bench_score(torch, sdtp, size, iters, ceilings):
             row["kernels_us_per_call"] = {"gemm": gemm, "unfused_torch": kernel_breakdown(torch, lambda: unfused(x))}
         best = min(("fused", "gemm"), key=lambda p: row[p]["median_ms"])
         row["faster_path"] = best
+        row["auto_path"] = sdtp.cuda_score_path(dt) if DEVICE == "cuda" else None  # what auto ran
         row["auto_within_5pct_of_faster"] = row["auto"]["median_ms"] <= 1.05 * row[best]["median_ms"]
         row["auto_not_slower_than_unfused"] = row["auto"]["median_ms"] <= tb["median_ms"]
         rows.append(row)

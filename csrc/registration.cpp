@@ -16,6 +16,12 @@ TORCH_LIBRARY(sdtp, m) {
 #ifdef TORCH_EXTENSION_NAME
 #include <torch/extension.h>
 
+#include <string>
+
+#ifdef SDTP_WITH_CUDA
+#include "cuda/score_paths.h"
+#endif
+
 #ifndef SDTP_CUDA_ARCHS
 #define SDTP_CUDA_ARCHS ""
 #endif
@@ -24,6 +30,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "sdtp_kernels native ops (registered as torch.ops.sdtp.*)";
 #ifdef SDTP_WITH_CUDA
   m.attr("cuda_compiled") = true;
+  // The saliency_score path CUDA takes for hidden states of a dtype under the current settings (no device needed).
+  m.def("cuda_score_path", [](const std::string& dtype) {
+    const at::ScalarType type = dtype == "float32"    ? at::kFloat
+                                : dtype == "float16"  ? at::kHalf
+                                : dtype == "bfloat16" ? at::kBFloat16
+                                                      : at::ScalarType::Undefined;
+    TORCH_CHECK_VALUE(type != at::ScalarType::Undefined,
+                      "cuda_score_path: dtype must be float32, float16 or bfloat16, got ", dtype);
+    return std::string(sdtp::choose_score_path(type) == sdtp::ScorePath::kFused ? "fused" : "gemm");
+  });
 #else
   m.attr("cuda_compiled") = false;
 #endif

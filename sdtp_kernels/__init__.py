@@ -11,6 +11,7 @@ _LAZY = {
     "build_info": ".ops",
     "compact": ".ops",
     "compact_varlen": ".ops",
+    "cuda_score_path": ".ops",
     "saliency_score": ".ops",
     "select_tokens": ".ops",
     "SaliencyPredictor": ".predictor",

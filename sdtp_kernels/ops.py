@@ -49,6 +49,18 @@ def build_info() -> dict:
     }
 
 
+def cuda_score_path(dtype: torch.dtype) -> str:
+    """The implementation `saliency_score` runs on CUDA for hidden states of `dtype` under the current settings
+    (SDTP_SCORE_PATH, torch's TF32 and float16-accumulation flags): "fused" or "gemm" (docs/ARCHITECTURE.md §3.1).
+    Needs a build with the CUDA kernels, not a device."""
+    extension = load_library()
+    if not extension.cuda_compiled:
+        raise RuntimeError("sdtp_kernels: this build has no CUDA kernels, so no CUDA score path")
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"cuda_score_path: argument 'dtype' must be a torch.dtype, got {dtype!r}")
+    return extension.cuda_score_path(str(dtype).removeprefix("torch."))
+
+
 def _ops():
     load_library()
     return torch.ops.sdtp
@@ -65,8 +77,8 @@ def saliency_score(
 ) -> torch.Tensor:
     """Keep-minus-drop log-odds of every token, float32 of shape hidden.shape[:-1]:
     `gelu_erf(rmsnorm(hidden) * norm_weight @ w1.T + b1) @ w2 + b2`, computed in float32."""
-    if not isinstance(b2, torch.Tensor):
-        b2 = torch.tensor(float(b2), device=hidden.device)
+    if not isinstance(b2, torch.Tensor):  # filled on the device: a copy from the host would stop graph capture
+        b2 = torch.full((), float(b2), device=hidden.device)
     return _ops().saliency_score(hidden, norm_weight, w1, b1, w2, b2, eps)
 
 

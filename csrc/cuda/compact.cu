@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kThreads) gather_rows_kernel(GatherArgs a) {
     const int64_t bo = cuda::div_nonneg(r, a.K), j = r - bo * a.K;
     const int64_t b = a.outer == 1 ? bo : cuda::div_nonneg(bo, a.outer);
     const int64_t idx = a.index[b * a.K + j];
-    SDTP_KERNEL_ASSERT(idx >= -1 && idx < a.N);   // checked on the host, except under graph capture
+    SDTP_KERNEL_ASSERT(idx >= -1 && idx < a.N);   // checked on the host, except under capture or check=False
     const bool in_range = idx >= 0 && idx < a.N;  // out-of-range entries (asserts disabled) never read
     int64_t dst_row = r;
     if (a.dest_rows != nullptr) {
@@ -128,12 +128,13 @@ std::tuple<at::Tensor, at::Tensor, c10::SymInt> compact_varlen_cuda(const at::Te
   check_compact_inputs(x_in, index_in, 1, "sdtp.compact_varlen");
   TORCH_CHECK(x_in.is_cuda(), "sdtp.compact_varlen: argument 'x' must be a CUDA tensor here");
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto x = x_in.contiguous();
-  const auto index = index_in.contiguous();
-  const int64_t B = x.size(0), N = x.size(1), K = index.size(1);
+  // Before any work is queued: a refused call leaves nothing in the graph being captured.
   TORCH_CHECK(!cuda::capturing(c10::cuda::getCurrentCUDAStream()),
               "sdtp.compact_varlen cannot run under CUDA graph capture: the size of its output is read back to the "
               "host");
+  const auto x = x_in.contiguous();
+  const auto index = index_in.contiguous();
+  const int64_t B = x.size(0), N = x.size(1), K = index.size(1);
   // The one device-to-host read (none when B == 0): total tokens, the longest row and index's range.
   const SeqLens s = seqlens_from_index(index, N, "sdtp.compact_varlen");
   const auto& cu_seqlens = s.cu_seqlens;

@@ -1,15 +1,15 @@
 // CUDA saliency_score (docs/ARCHITECTURE.md §3.1): the op, which picks the fused kernels below or the gemm path
 // (score_gemm.cu) per call (score_paths.h). Fused:
 //   s = gelu_erf((x / rms(x)) @ (w1 * g).T + b1) @ w2 + b2.
-// The RMSNorm weight g is folded into w1 once per call (score_weights.cu, in the GEMM's input dtype, zero-padded to
-// a multiple of 8 columns). The main kernel multiplies a 128-token x 128-hidden tile of x by the folded weights on
-// tensor cores (mma.sync m16n8k16, bf16/fp16 in, fp32 accumulate; cp.async 3-stage pipeline, swizzled shared
-// memory, ldmatrix), sums the squares of each token's inputs from the same A fragments, and in the epilogue
-// applies 1/rms, b1, GELU (erf) and the w2 dot. Neither the normalised x nor the [tokens, H] intermediate is
-// ever stored. Each CTA writes one partial score per token for its H tile ([nHtiles, T] fp32) and a second tiny
-// kernel adds them in a fixed order plus b2, so results are deterministic (no atomics); with one H tile the main
-// kernel writes the score directly. float32 input runs a SIMT kernel of the same shape in true fp32 (TF32 would
-// not meet the float32 tolerance).
+// The RMSNorm weight g is folded into w1 once per call (score_weights.cu, in the input dtype; zero-padded to a
+// multiple of 8 columns for the tensor-core kernel). The main kernel multiplies a 128-token x 128-hidden tile of x by
+// the folded weights on tensor cores (mma.sync m16n8k16, bf16/fp16 in, fp32 accumulate; cp.async 3-stage pipeline,
+// swizzled shared memory, ldmatrix), sums the squares of each token's inputs from the same A fragments, and in the
+// epilogue applies 1/rms, b1, GELU (erf) and the w2 dot. Neither the normalised x nor the [tokens, H] intermediate is
+// ever stored. Each CTA writes one partial score per token for its H tile ([nHtiles, T] fp32) and a second tiny kernel
+// adds them in a fixed order plus b2, so results are deterministic (no atomics); with one H tile the main kernel
+// writes the score directly. float32 input runs a SIMT kernel (64 x 64 tiles) with the same epilogue in true fp32
+// (TF32 would not meet the float32 tolerance).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -28,6 +28,21 @@ namespace sdtp {
 namespace {
 
 using cuda::ceil_div;
+
+// What both fused kernels read. E: float (SIMT) or the 16-bit patterns of bf16 / fp16 (tensor cores).
+template <typename E>
+struct FusedArgs {
+  const E* x;       // [T, ld]
+  const E* w;       // [H, ld] folded weights, zero past D
+  const float* b1;  // [H]
+  const float* w2;  // [H]
+  const float* b2;  // [1]
+  float* out;       // [T] (one H tile)
+  float* partial;   // [n_htiles, T] (several H tiles)
+  int64_t T, H, ld;
+  int n_htiles;
+  float inv_d, eps;
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // out[t] = b2 + sum_j partial[j, t], j ascending.
@@ -117,18 +132,7 @@ __device__ __forceinline__ float sq2(uint32_t r) {
   return v.x * v.x + v.y * v.y;
 }
 
-struct Args {
-  const uint16_t* x;   // [T, ld] bf16/fp16 bits, ld = Dp
-  const uint16_t* w;   // [H, ld] folded weights
-  const float* b1;     // [H]
-  const float* w2;     // [H]
-  const float* b2;     // [1]
-  float* out;          // [T] (one H tile)
-  float* partial;      // [n_htiles, T] (several H tiles)
-  int64_t T, H, D, ld;
-  int n_htiles;
-  float inv_d, eps;
-};
+using Args = FusedArgs<uint16_t>;  // x and w as bf16/fp16 bits, ld = D padded to a multiple of 8
 
 // Issues the cp.async copies of reduction slice k0 into one stage (A: tokens, B: hidden units).
 __device__ __forceinline__ void load_stage(uint16_t* sA, uint16_t* sB, const Args& a, int64_t m0, int64_t n0,
@@ -281,18 +285,7 @@ namespace simt {
 
 constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256;
 
-struct Args {
-  const float* x;  // [T, D]
-  const float* w;  // [H, D] folded
-  const float* b1;
-  const float* w2;
-  const float* b2;
-  float* out;
-  float* partial;
-  int64_t T, H, D;
-  int n_htiles;
-  float inv_d, eps;
-};
+using Args = FusedArgs<float>;  // ld = D
 
 __global__ void __launch_bounds__(kThreads) score_simt_kernel(const Args a) {
   __shared__ __align__(16) float xs[kBK][kBM + 4];  // [k][token]
@@ -306,15 +299,15 @@ __global__ void __launch_bounds__(kThreads) score_simt_kernel(const Args a) {
 
   float acc[4][4] = {};
   float ss = 0.0f;  // threads < kBM: sum of squares of token m0 + threadIdx.x
-  for (int64_t k0 = 0; k0 < a.D; k0 += kBK) {
+  for (int64_t k0 = 0; k0 < a.ld; k0 += kBK) {
 #pragma unroll
     for (int i = 0; i < (kBM * kBK) / kThreads; ++i) {
       const int e = threadIdx.x + i * kThreads;
       const int r = e / kBK, kk = e % kBK;
       const int64_t k = k0 + kk;
       const int64_t gm = m0 + r, gn = n0 + r;
-      xs[kk][r] = (gm < a.T && k < a.D) ? a.x[gm * a.D + k] : 0.0f;
-      ws[kk][r] = (gn < a.H && k < a.D) ? a.w[gn * a.D + k] : 0.0f;
+      xs[kk][r] = (gm < a.T && k < a.ld) ? a.x[gm * a.ld + k] : 0.0f;
+      ws[kk][r] = (gn < a.H && k < a.ld) ? a.w[gn * a.ld + k] : 0.0f;
     }
     __syncthreads();
     if (threadIdx.x < kBM) {
@@ -398,62 +391,54 @@ at::Tensor saliency_score_cuda(const at::Tensor& hidden, const at::Tensor& norm_
     return out;
   }
 
-  int n_htiles = 0;
+  // Both fused kernels: a CTA per (token tile, H tile); with several H tiles each CTA leaves partial scores, which
+  // reduce_partials_kernel adds in a fixed order.
   at::Tensor partial;
-  auto partial_buffer = [&](int tiles) {
-    n_htiles = tiles;
-    if (tiles > 1) partial = at::empty({tiles, T}, x.options().dtype(at::kFloat));
-    return tiles > 1 ? partial.data_ptr<float>() : nullptr;
-  };
-
-  if (!mma_path) {
-    simt::Args a{};
-    a.x = x.data_ptr<float>();
-    a.w = weights.wf.data_ptr<float>();
+  auto fused_args = [&](auto x_bits, auto w_bits, int64_t ld, int64_t tile_n) {
+    FusedArgs<std::remove_const_t<std::remove_pointer_t<decltype(x_bits)>>> a{};
+    a.x = x_bits;
+    a.w = w_bits;
     a.b1 = weights.b1();
     a.w2 = weights.w2();
     a.b2 = weights.b2();
     a.out = out.data_ptr<float>();
-    a.partial = partial_buffer(static_cast<int>(ceil_div<int64_t>(H, simt::kBN)));
+    a.n_htiles = static_cast<int>(ceil_div<int64_t>(H, tile_n));
+    if (a.n_htiles > 1) partial = at::empty({a.n_htiles, T}, x.options().dtype(at::kFloat));
+    a.partial = a.n_htiles > 1 ? partial.data_ptr<float>() : nullptr;
     a.T = T;
     a.H = H;
-    a.D = D;
-    a.n_htiles = n_htiles;
+    a.ld = ld;
     a.inv_d = inv_d;
     a.eps = eps_f;
-    const int64_t blocks = ceil_div<int64_t>(T, simt::kBM) * n_htiles;
+    return a;
+  };
+  auto grid = [&](int64_t tile_m, int n_htiles) {
+    const int64_t blocks = ceil_div<int64_t>(T, tile_m) * n_htiles;
     TORCH_CHECK(blocks < (int64_t{1} << 31), "sdtp.saliency_score: too many tokens (", T, ")");
-    simt::score_simt_kernel<<<static_cast<unsigned>(blocks), simt::kThreads, 0, stream>>>(a);
+    return static_cast<unsigned>(blocks);
+  };
+
+  int n_htiles = 0;
+  if (!mma_path) {
+    const auto a = fused_args(x.data_ptr<float>(), weights.wf.data_ptr<float>(), D, simt::kBN);
+    n_htiles = a.n_htiles;
+    simt::score_simt_kernel<<<grid(simt::kBM, n_htiles), simt::kThreads, 0, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     // x is copied into a zero-padded buffer when its rows are not padded already or its base is not 16-byte
-    // aligned (only odd D or misaligned views pay this).
+    // aligned (only D not a multiple of 8, or misaligned views, pay this).
     at::Tensor xa = x;
     if (Dp != D || reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0) {
       xa = at::zeros({T, Dp}, x.options());
       xa.narrow(1, 0, D).copy_(x);
     }
-    mma::Args a{};
-    a.x = reinterpret_cast<const uint16_t*>(xa.data_ptr());
-    a.w = reinterpret_cast<const uint16_t*>(weights.wf.data_ptr());
-    a.b1 = weights.b1();
-    a.w2 = weights.w2();
-    a.b2 = weights.b2();
-    a.out = out.data_ptr<float>();
-    a.partial = partial_buffer(static_cast<int>(ceil_div<int64_t>(H, mma::kBN)));
-    a.T = T;
-    a.H = H;
-    a.D = D;
-    a.ld = Dp;
-    a.n_htiles = n_htiles;
-    a.inv_d = inv_d;
-    a.eps = eps_f;
-    const int64_t blocks = ceil_div<int64_t>(T, mma::kBM) * n_htiles;
-    TORCH_CHECK(blocks < (int64_t{1} << 31), "sdtp.saliency_score: too many tokens (", T, ")");
+    const auto a = fused_args(reinterpret_cast<const uint16_t*>(xa.data_ptr()),
+                              reinterpret_cast<const uint16_t*>(weights.wf.data_ptr()), Dp, mma::kBN);
+    n_htiles = a.n_htiles;
     auto kernel = dtype == at::kBFloat16 ? mma::score_mma_kernel<true> : mma::score_mma_kernel<false>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(mma::kSmemBytes)));
-    kernel<<<static_cast<unsigned>(blocks), mma::kThreads, mma::kSmemBytes, stream>>>(a);
+    kernel<<<grid(mma::kBM, n_htiles), mma::kThreads, mma::kSmemBytes, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (n_htiles > 1) {

@@ -3,15 +3,12 @@
 //   s   = gelu_erf(pre / rms(x) + b1) . w2 + b2      one warp per token, in a fixed order (deterministic)
 // Chunks bound the [tokens, H] intermediate (kChunkBytes) so that it stays in L2 between the GEMM and the epilogue.
 #include <ATen/ATen.h>
-#include <ATen/Context.h>
 #include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "../host_common.h"
 #include "common.cuh"
@@ -100,21 +97,6 @@ __global__ void __launch_bounds__(kThreads)
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
-
-ScorePath choose_score_path(at::ScalarType dtype) {
-  const char* env = std::getenv("SDTP_SCORE_PATH");
-  if (env != nullptr && *env != '\0' && std::strcmp(env, "auto") != 0) {
-    if (std::strcmp(env, "fused") == 0) return ScorePath::kFused;
-    if (std::strcmp(env, "gemm") == 0) return ScorePath::kGemm;
-    TORCH_CHECK_VALUE(false, "sdtp.saliency_score: environment variable SDTP_SCORE_PATH must be auto, fused or gemm, "
-                             "got '", env, "'");
-  }
-  const auto& ctx = at::globalContext();
-  const bool reduced_fp32 =
-      ctx.allowTF32CuBLAS() || ctx.float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST;
-  if (dtype == at::kFloat && reduced_fp32) return ScorePath::kFused;
-  return ScorePath::kGemm;
-}
 
 void score_gemm(const at::Tensor& x, const ScoreWeights& weights, float eps, at::Tensor& out, cudaStream_t stream) {
   const int64_t T = x.size(0), D = x.size(1), H = weights.H;

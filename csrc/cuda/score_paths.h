@@ -11,9 +11,11 @@ namespace sdtp {
 
 enum class ScorePath { kFused, kGemm };
 
-// SDTP_SCORE_PATH = auto (default) | fused | gemm. `auto`:
-//  - float32 while cuBLAS may use TF32 (torch.backends.cuda.matmul.allow_tf32): fused, because TF32 does not meet
-//    the float32 tolerance;
+// SDTP_SCORE_PATH = auto (default) | fused | gemm; the rule is in score_rule.cu. `auto`:
+//  - float32 while cuBLAS may use TF32 (allow_tf32, set_float32_matmul_precision, fp32_precision): fused, because
+//    TF32 does not meet the float32 tolerance;
+//  - float16 while torch.backends.cuda.matmul.allow_fp16_accumulation is set: fused (ATen's mm then has no float32
+//    result, which the gemm path needs);
 //  - everything else: gemm, the faster path at every shape measured. bench/cuda_micro.py on one H200 (torch 2.11,
 //    D = 4096, H = 1024, median ms; bench/results/cuda-micro-h200.json):
 //        tokens  dtype  fused   gemm    unfused PyTorch

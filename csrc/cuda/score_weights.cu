@@ -18,8 +18,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// A strided 1-d tensor of float32, float16, bfloat16 or float64, read as float32. Other floating dtypes are converted
-// on the host first (as_float_vector).
+// A strided 1-d tensor of float32, float16, bfloat16 or float64, read as float32. Other floating dtypes (float8)
+// are converted to float32 by a separate conversion first (as_float_vector).
 struct FloatVector {
   enum Kind { kF32, kF16, kBF16, kF64 };
   const void* data;
@@ -107,7 +107,7 @@ ScoreWeights prepare_score_weights(const at::Tensor& w1, const at::Tensor& g, co
   out.H = H;
   out.wf = at::empty({H, Dp}, w.options().dtype(gemm_dtype));
   out.vec = at::empty({2 * H + 1}, w.options().dtype(at::kFloat));
-  std::vector<at::Tensor> converted;  // keeps host-converted inputs alive until the launch is queued
+  std::vector<at::Tensor> converted;  // keeps converted inputs alive until the launch is queued
   const FloatVector gv = as_float_vector(g, converted), b1v = as_float_vector(b1, converted),
                     w2v = as_float_vector(w2, converted), b2v = as_float_vector(b2, converted);
   const auto blocks = static_cast<unsigned>(std::min<int64_t>(H, int64_t{1} << 16));

@@ -73,7 +73,7 @@ struct SelectArgs {
   const int64_t* num_local;  // [B] or nullptr (then num_local_scalar)
   int64_t num_local_scalar;
   int64_t num_sink;
-  bool device_asserts;     // under graph capture: values are asserted here instead of checked on the host
+  bool device_asserts;     // under graph capture or check=False: values asserted here, not checked on the host
   bool width_given;
   RowInfo* info;           // [B]
   RadixState* state;       // [B][kSlots]
@@ -368,17 +368,25 @@ Workspace make_workspace(int64_t B, int64_t chunks, const at::TensorOptions& opt
 
 // A per-row argument as the kernels take it: a one-element CPU tensor by value (no copy to the device), anything
 // else as a [B] int64 tensor on the device. `host` gets the [B] values when they are on the CPU (else undefined).
-void row_argument(const at::Tensor& t, int64_t B, at::Device device, at::Tensor& holder, const int64_t** ptr,
-                  int64_t* scalar, at::Tensor& host) {
+// [B] values on the CPU go to the device from pinned memory without waiting for the stream; under graph capture no
+// copy from the host can be captured, so they are refused there with the argument's name.
+void row_argument(const at::Tensor& t, const char* name, int64_t B, at::Device device, bool captured,
+                  at::Tensor& holder, const int64_t** ptr, int64_t* scalar, at::Tensor& host) {
   if (t.device().is_cpu()) host = per_row(t, B, at::kCPU);
   if (t.device().is_cpu() && t.numel() == 1) {
     *ptr = nullptr;
     *scalar = t.to(at::kLong).reshape({}).item<int64_t>();
+    return;
+  }
+  if (t.device().is_cpu()) {
+    TORCH_CHECK_VALUE(!captured, "sdtp.select_tokens: argument '", name, "' must be an int, a one-element tensor or ",
+                      "a tensor on scores' device under CUDA graph capture (a copy from the host cannot be captured)");
+    holder = host.pin_memory().to(device, /*non_blocking=*/true);
   } else {
     holder = per_row(t, B, device);
-    *ptr = holder.data_ptr<int64_t>();
-    *scalar = 0;
   }
+  *ptr = holder.data_ptr<int64_t>();
+  *scalar = 0;
 }
 
 std::tuple<at::Tensor, at::Tensor> select_tokens_cuda(const at::Tensor& scores_in, const at::Tensor& keep_in,
@@ -396,10 +404,12 @@ std::tuple<at::Tensor, at::Tensor> select_tokens_cuda(const at::Tensor& scores_i
   const auto scores = scores_in.contiguous();
 
   SelectArgs a{};
+  const bool captured = cuda::capturing(stream);
   at::Tensor keep_holder, local_holder, valid, keep_host, local_host;
-  row_argument(keep_in, B, scores.device(), keep_holder, &a.keep, &a.keep_scalar, keep_host);
+  row_argument(keep_in, "keep", B, scores.device(), captured, keep_holder, &a.keep, &a.keep_scalar, keep_host);
   if (num_local_in.has_value()) {
-    row_argument(*num_local_in, B, scores.device(), local_holder, &a.num_local, &a.num_local_scalar, local_host);
+    row_argument(*num_local_in, "num_local", B, scores.device(), captured, local_holder, &a.num_local,
+                 &a.num_local_scalar, local_host);
   } else {
     a.num_local = nullptr;
     a.num_local_scalar = 0;
@@ -418,7 +428,7 @@ std::tuple<at::Tensor, at::Tensor> select_tokens_cuda(const at::Tensor& scores_i
   // Values on the device are checked on the host after the plan kernel, with one read; none can be read while the
   // stream is captured into a CUDA graph, and the caller may waive the read (check=False): the plan kernel asserts
   // them then (docs/ARCHITECTURE.md §3.4).
-  a.device_asserts = !check || cuda::capturing(stream);
+  a.device_asserts = !check || captured;
   TORCH_CHECK_VALUE(!a.device_asserts || width.has_value(),
                     "sdtp.select_tokens: argument 'width' is required under CUDA graph capture (the output width "
                     "cannot be read back to the host while capturing)");

@@ -151,6 +151,50 @@ def test_select_without_width_under_capture_says_width_is_needed():
             sdtp_kernels.select_tokens(scores, keep)
 
 
+def test_host_row_counts_are_copied_without_waiting_and_refused_under_capture():
+    """[B] keep / num_local on the CPU: copied to the device without a synchronising copy (the sync debug mode raises
+    on one), the same result as given on the device; under graph capture, which cannot capture a copy from the host,
+    a ValueError names the argument."""
+    g = torch.Generator().manual_seed(6)
+    scores = torch.randn(3, 500, generator=g).cuda()
+    keep, num_local = torch.tensor([100, 200, 300]), torch.tensor([8, 0, 16])
+    expected = sdtp_kernels.select_tokens(scores, keep.cuda(), num_local=num_local.cuda(), width=300)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = sdtp_kernels.select_tokens(scores, keep, num_local=num_local, width=300)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    for name, kwargs in (("'keep'", dict(keep=keep, num_local=8)),
+                         ("'num_local'", dict(keep=100, num_local=num_local))):
+        with pytest.raises(ValueError, match=name):
+            with torch.cuda.graph(torch.cuda.CUDAGraph()):
+                sdtp_kernels.select_tokens(scores, width=300, **kwargs)
+
+
+@pytest.mark.parametrize("path", ["fused", "gemm"])
+def test_score_with_a_python_float_b2_captures_in_a_cuda_graph(path, monkeypatch):
+    """A Python-float b2 is filled on the device, not copied from the host, so the call can be captured."""
+    monkeypatch.setenv("SDTP_SCORE_PATH", path)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(300, 64, generator=g).cuda().to(torch.bfloat16)
+    weights = [t.cuda() for t in (torch.ones(64), torch.randn(32, 64, generator=g) / 8, torch.zeros(32),
+                                  torch.randn(32, generator=g) / 4)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        sdtp_kernels.saliency_score(x, *weights, 0.25)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = sdtp_kernels.saliency_score(x, *weights, 0.25)
+    x.copy_(torch.randn(300, 64, generator=g).cuda().to(torch.bfloat16))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, sdtp_kernels.saliency_score(x, *weights, 0.25))
+
+
 @pytest.mark.slow
 def test_compact_beyond_4_gib():
     B, N, D = 2, 300_000, 2048  # float32: 4.6 GiB in and out, so byte offsets pass 2^32

@@ -1,7 +1,11 @@
 """saliency_score meets docs/ARCHITECTURE.md §3.1: against an fp64 reference its error is within 2x the error of
 the same computation done unfused in PyTorch in the input dtype, or within a few float32 roundings of the w2 dot's
 summands (its condition: where the dot cancels large terms, no float32 computation does better)."""
+import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -38,9 +42,14 @@ def assert_within_tolerance(inputs, device, args=None):
     """The same rule on every device: per token, the error against float64 is at most twice the worst error of the
     unfused computation in the input dtype, or 16 float32 roundings of the w2 dot's summands. `args`: the op's
     arguments when they are not simply `inputs` moved to `device` (views with their own strides, say)."""
+    got = sdtp_kernels.saliency_score(*(args or [t.to(device) for t in inputs])).cpu()
+    assert_scores_within_tolerance(inputs, got)
+
+
+def assert_scores_within_tolerance(inputs, got):
+    """The rule of assert_within_tolerance for scores `got` computed elsewhere."""
     exact = python_ref.saliency_score(*inputs, compute_dtype=torch.float64)
     plain = python_ref.saliency_score(*inputs, compute_dtype=inputs[0].dtype)
-    got = sdtp_kernels.saliency_score(*(args or [t.to(device) for t in inputs])).cpu()
     assert got.dtype == torch.float32 and got.shape == inputs[0].shape[:-1]
     if got.numel() == 0:
         return
@@ -140,6 +149,75 @@ def test_cuda_score_path_variable_is_checked(monkeypatch):
     monkeypatch.setenv("SDTP_SCORE_PATH", "fastest")
     with pytest.raises(ValueError, match="SDTP_SCORE_PATH"):
         sdtp_kernels.saliency_score(*(t.cuda() for t in make_inputs((2,), 8, 4, torch.float32)))
+
+
+# The rule that picks the CUDA path (csrc/cuda/score_rule.cu) under each of torch's matmul settings: the path per
+# dtype, and for float32 with torch < 2.14 where its older TF32 query is refused after an fp32_precision setting.
+# Each case runs in its own process: once fp32_precision is set, torch refuses the older query for the process.
+OLD_TORCH = tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 14)
+RULE_CASES = [
+    ("", {"float32": "gemm", "float16": "gemm", "bfloat16": "gemm"}),
+    ("torch.backends.cuda.matmul.allow_tf32 = True", {"float32": "fused", "bfloat16": "gemm"}),
+    ('torch.set_float32_matmul_precision("high")', {"float32": "fused", "bfloat16": "gemm"}),
+    ('torch.backends.cuda.matmul.fp32_precision = "tf32"', {"float32": "fused", "float16": "gemm", "bfloat16": "gemm"}),
+    ('torch.backends.fp32_precision = "tf32"', {"float32": "fused", "bfloat16": "gemm"}),
+    ('torch.backends.cuda.matmul.fp32_precision = "ieee"', {"float32": "gemm", "bfloat16": "gemm"}),
+    ('torch.backends.mkldnn.matmul.fp32_precision = "bf16"',
+     {"float32": "fused" if OLD_TORCH else "gemm", "bfloat16": "gemm"}),
+    ("torch.backends.cuda.matmul.allow_fp16_accumulation = True", {"float32": "gemm", "float16": "fused",
+                                                                   "bfloat16": "gemm"}),
+    ("os.environ['SDTP_SCORE_PATH'] = 'fused'", {"float32": "fused", "float16": "fused", "bfloat16": "fused"}),
+]
+CUDA_COMPILED = sdtp_kernels.build_info()["cuda_compiled"]
+
+
+def run_with_setting(setting, body):
+    """Runs `body` in a fresh Python process after `setting`; returns its stdout."""
+    code = f"import os, sys, json, torch\nimport sdtp_kernels\n{setting}\n{textwrap.dedent(body)}"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(not CUDA_COMPILED, reason="needs the CUDA build (not a device)")
+@pytest.mark.parametrize("setting, expected", RULE_CASES)
+def test_cuda_score_path_rule_under_each_matmul_setting(setting, expected):
+    out = run_with_setting(setting, f"""
+        paths = {{d: sdtp_kernels.cuda_score_path(getattr(torch, d)) for d in {sorted(expected)!r}}}
+        print(json.dumps(paths))""")
+    assert json.loads(out.splitlines()[-1]) == expected
+
+
+@pytest.mark.skipif(not CUDA_COMPILED, reason="needs the CUDA build (not a device)")
+def test_gemm_forced_for_float16_with_float16_accumulation_is_refused(monkeypatch):
+    monkeypatch.setenv("SDTP_SCORE_PATH", "gemm")
+    torch.backends.cuda.matmul.allow_fp16_accumulation = True
+    try:
+        with pytest.raises(ValueError, match="allow_fp16_accumulation"):
+            sdtp_kernels.cuda_score_path(torch.float16)
+        assert sdtp_kernels.cuda_score_path(torch.bfloat16) == "gemm"
+    finally:
+        torch.backends.cuda.matmul.allow_fp16_accumulation = False
+    with pytest.raises(TypeError, match="'dtype'"):
+        sdtp_kernels.cuda_score_path("float16")
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+        sdtp_kernels.cuda_score_path(torch.float64)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("setting", [case[0] for case in RULE_CASES])
+def test_cuda_op_under_each_matmul_setting(setting, tmp_path):
+    """The op runs under every setting, on the path the rule picks, within the tolerance."""
+    inputs = {str(d).removeprefix("torch."): make_inputs((70,), 96, 40, d) for d in (torch.float32, torch.float16,
+                                                                                    torch.bfloat16)}
+    torch.save(inputs, tmp_path / "inputs.pt")
+    run_with_setting(setting, f"""
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        got = {{d: sdtp_kernels.saliency_score(*(t.cuda() for t in args)).cpu() for d, args in inputs.items()}}
+        torch.save(got, {str(tmp_path / "got.pt")!r})""")
+    for dtype, got in torch.load(tmp_path / "got.pt").items():
+        assert_scores_within_tolerance(inputs[dtype], got)
 
 
 # SDTP_HYPOTHESIS_EXAMPLES=2000 for a long local run; CI keeps the usual count.
