@@ -179,6 +179,7 @@ def run_with_setting(setting, body):
     return done.stdout
 
 
+@pytest.mark.cuda  # selected by the GPU check (whose torch may take the rule's other branch), runs without a device
 @pytest.mark.skipif(not CUDA_COMPILED, reason="needs the CUDA build (not a device)")
 @pytest.mark.parametrize("setting, expected", RULE_CASES)
 def test_cuda_score_path_rule_under_each_matmul_setting(setting, expected):
