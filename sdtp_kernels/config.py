@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from fractions import Fraction
 from typing import Any, Optional
 
@@ -11,19 +12,21 @@ from typing import Any, Optional
 def _exact(ratio: float) -> Fraction:
     # The decimal the user wrote (0.9, not the binary 0.9000000000000000222), so that ceil(0.9**2 * 100) is 81 and
     # ceil(0.1 * 30) is 3 rather than one more through rounding noise.
-    return Fraction(repr(ratio))
+    return Fraction(repr(float(ratio)))
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"SDTPConfig.{name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"SDTPConfig.{name} must be >= {minimum}, got {value}")
 
 
 def _check_ratio(name: str, value: Any, low_open: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"SDTPConfig.{name} must be a finite number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"SDTPConfig.{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"SDTPConfig.{name} must be finite, got {value!r}")
     if not ((0 < value if low_open else 0 <= value) and value <= 1):
         interval = "(0, 1]" if low_open else "[0, 1]"
         raise ValueError(f"SDTPConfig.{name} must lie in {interval}, got {value}")
@@ -33,7 +36,7 @@ def _check_ratio(name: str, value: Any, low_open: bool) -> None:
 class SDTPConfig:
     """Pruning schedule. Stage s = 1, 2, ... sits before decoder layer `start_layer + (s - 1) * layer_step` and keeps
     ceil(keep_ratio**s * L) of a row's L real prompt tokens, never fewer than its protected ones: the first `num_sink`
-    and the last ceil(local_ratio * L)."""
+    and the last ceil(local_ratio * L), at least the last one (generation reads its logits)."""
 
     start_layer: int = 4
     """0-based index of the first decoder layer that receives a pruned sequence (>= 1: layer 0 sees the prompt)."""
@@ -58,6 +61,12 @@ class SDTPConfig:
         _check_ratio("local_ratio", self.local_ratio, low_open=False)
         if self.predictor_hidden is not None:
             _check_int("predictor_hidden", self.predictor_hidden, 1)
+        # numpy and other numeric types stored as Python ones: JSON, repr and exact ratios take them as they are.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is not None:
+                cast = float if field.name.endswith("_ratio") else int
+                object.__setattr__(self, field.name, cast(value))
 
     def stage_layers(self, num_layers: int) -> list[int]:
         """Indices of the decoder layers that a predictor sits before, stage 1 first."""
@@ -80,8 +89,9 @@ class SDTPConfig:
 
     def local_count(self, length: int, tail: int = 0) -> int:
         """The last tokens of a row's prompt that every stage keeps: ceil(local_ratio * L), or `tail` if more (a
-        caller's protected tail, e.g. the continuation a log-likelihood scores)."""
-        return max(math.ceil(_exact(self.local_ratio) * length), min(tail, length))
+        caller's protected tail, e.g. the continuation a log-likelihood scores), and at least the last token, whose
+        logits generation reads (also with local_ratio = 0)."""
+        return max(math.ceil(_exact(self.local_ratio) * length), min(tail, length), min(1, length))
 
     def kept_count(self, length: int, stage: int, tail: int = 0) -> int:
         """Tokens stage `stage` (1-based; 0 = the unpruned prompt) keeps of a row with `length` real tokens:

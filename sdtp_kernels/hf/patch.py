@@ -6,6 +6,7 @@ import contextlib
 import os
 from typing import Iterator, Sequence, Union
 
+import torch
 from torch import nn
 
 from ..config import SDTPConfig
@@ -62,9 +63,10 @@ def protected_tail(model: nn.Module, tails: Sequence[int]) -> Iterator[nn.Module
     of the schedule's protected tokens), so that their logits come back: a pruned prefill returns the logits of the
     tokens that reach the last layer, right-aligned, so row b's tail is its last `tails[b]` columns."""
     runtime = _runtime(model)
+    tails = list(tails)  # once: a generator would be spent by the check
     if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in tails):
-        raise ValueError(f"protected_tail: tails must be ints >= 0, got {list(tails)}")
-    was, runtime.protected_tail = runtime.protected_tail, list(tails)
+        raise ValueError(f"protected_tail: tails must be ints >= 0, got {tails}")
+    was, runtime.protected_tail = runtime.protected_tail, tails
     try:
         yield model
     finally:
@@ -93,6 +95,9 @@ def apply_sdtp(
     windows = layer_windows(model.config, len(layers))  # a layer type SDTP cannot represent fails here
     if isinstance(config_or_dir, SDTPConfig):
         config, saved = config_or_dir.replace(**schedule), None
+    elif not isinstance(config_or_dir, (str, os.PathLike)):
+        raise TypeError("apply_sdtp: argument 'config_or_dir' must be an SDTPConfig or a directory written by "
+                        f"save_sdtp, got {type(config_or_dir).__name__}")
     else:
         saved = read_predictors(config_or_dir)
         config = saved.config.replace(**schedule)
@@ -102,7 +107,7 @@ def apply_sdtp(
     width = config.predictor_width(model.config.hidden_size)
     predictors = nn.ModuleList()
     for index in stage_layers:
-        weight = next(layers[index].parameters())
+        weight = _floating_parameter(layers[index], model)
         predictors.append(SaliencyPredictor(model.config.hidden_size, width).to(weight.device, weight.dtype))
     if saved is not None:
         try:
@@ -118,6 +123,12 @@ def apply_sdtp(
         layers[index] = SDTPDecoderLayer(layers[index], index, stage, predictor, windows[index], runtime)
     setattr(model, _RUNTIME, runtime)
     return model
+
+
+def _floating_parameter(layer: nn.Module, model: nn.Module) -> torch.Tensor:
+    """Where, and in which dtype, the predictor before `layer` runs: the layer's first floating-point parameter (the
+    integer weights of a quantized layer say neither), else the input embeddings'."""
+    return next((p for p in layer.parameters() if p.is_floating_point()), model.get_input_embeddings().weight)
 
 
 def remove_sdtp(model: nn.Module) -> nn.Module:

@@ -4,6 +4,7 @@ selects and compacts the hidden states, and it hands every pruned layer the posi
 tokens that layer holds (docs/ARCHITECTURE.md §4)."""
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 
 from .. import ops
 from ..config import SDTPConfig
+from ..devices import to_device
 from ..predictor import SaliencyPredictor
 from .cache_state import PrunedCacheState, attach, cached_keys, state_of
 from .families import gather_rows
@@ -22,7 +24,8 @@ from .scorers import Scorer
 class _Plan:
     """The host-side schedule of one prefill, from its rows' prompt lengths."""
 
-    def __init__(self, config: SDTPConfig, lengths: list[int], tails: list[int], num_stages: int):
+    def __init__(self, config: SDTPConfig, columns: int, lengths: list[int], tails: list[int], num_stages: int):
+        self.columns = columns  # the prompt's columns, padding included
         self.counts = [lengths] + [[config.kept_count(n, s, t) for n, t in zip(lengths, tails)]
                                    for s in range(1, num_stages + 1)]
         self.local = [config.local_count(n, t) for n, t in zip(lengths, tails)]
@@ -33,13 +36,10 @@ class _Plan:
         self._rows: Optional[torch.Tensor] = None
 
     def row_counts(self, device: torch.device) -> torch.Tensor:
-        """[S + 2, B] on `device`: the kept counts of stages 0..S, then the local counts. A pageable host-to-GPU
-        copy would synchronise the stream, so the copy goes through pinned memory, once per prefill."""
+        """[S + 2, B] on `device`: the kept counts of stages 0..S, then the local counts; copied once per prefill,
+        without synchronising the stream."""
         if self._rows is None or self._rows.device != device:
-            rows = torch.tensor(self.counts + [self.local], dtype=torch.int64)
-            if device.type == "cuda":
-                rows = rows.pin_memory().to(device, non_blocking=True)
-            self._rows = rows
+            self._rows = to_device(torch.tensor(self.counts + [self.local], dtype=torch.int64), device)
         return self._rows
 
 
@@ -68,7 +68,14 @@ class _Forward:
         # window - 1) and this forward's tokens.
         total = self.state.key_slots[group].shape[1]
         cache = self.runtime.family.layer_cache(kwargs)
-        visible = total if cache is None else min(total, cached_keys(cache, layer.index) + hidden.shape[1])
+        held = None if cache is None else cached_keys(cache, layer.index)
+        if held is not None and layer.window is None and held + hidden.shape[1] != total:
+            raise RuntimeError(
+                f"SDTP: decoder layer {layer.index}'s KV cache holds {held} keys, but the tokens it was given hold "
+                f"{total - hidden.shape[1]}: the cache was changed outside SDTP's forwards. Assisted and prompt-lookup "
+                "decoding crop the cache by position, which a pruned layer's compacted cache cannot follow; generate "
+                "with plain greedy, sampling or beam search")
+        visible = total if held is None else min(total, held + hidden.shape[1])
         key = (group, layer.window, visible)
         if key not in self.group_inputs:
             self.group_inputs[key] = self._group_inputs(group, layer.window, visible, kwargs, hidden.dtype)
@@ -80,7 +87,8 @@ class _Forward:
         cache = run.family.layer_cache(kwargs)
         if self.past_length == 0:
             if run.enabled:
-                self.plan = _Plan(run.config, self._prompt_lengths(batch, length), run.tails(batch), run.num_stages)
+                self.plan = _Plan(run.config, length, self._prompt_lengths(batch, length), run.tails(batch),
+                                  run.num_stages)
             # Also when pruning is off: a reused cache must not keep the token sets of an earlier prompt.
             self.state = PrunedCacheState.unpruned(run.num_stages)
             if cache is not None:
@@ -117,6 +125,7 @@ class _Forward:
                 raise ValueError(f"SDTP: scorer '{self.runtime.scorer.name}' returned scores of shape "
                                  f"{tuple(scores.shape)} at stage {stage}; expected one per token, "
                                  f"{tuple(hidden.shape[:2])}")
+            scores = scores.to(hidden.device)  # a scorer on another device: the masks below belong to the layers
             rows = plan.row_counts(scores.device)
             index, _ = ops.select_tokens(
                 scores,
@@ -141,8 +150,9 @@ class _Forward:
         attn = run.model_config._attn_implementation
         keys = self.state.key_slots[group][:, -visible:]
         with torch.profiler.record_function("sdtp.prune"):
-            # A window as long as the prompt is full attention, and costs nothing.
-            if self.plan is not None and window is not None and window >= max(self.plan.counts[0]):
+            # A window as long as the prompt's columns is full attention (no key is further from a query), and costs
+            # nothing.
+            if self.plan is not None and window is not None and window >= self.plan.columns:
                 window = None
             # sdpa needs no mask where no row has an empty slot and no window cuts the keys: in a prefill the mask
             # is plain causal (sdpa's is_causal); in a decode where transformers gives the unpruned layers none (no
@@ -161,6 +171,10 @@ class _Forward:
             return {"attention_mask": mask, **run.family.position_kwargs(kwargs, queries, keys)}
 
 
+# The model each bound scorer serves (a scorer's hooks and captured state belong to one model).
+_SCORER_OWNERS: "weakref.WeakKeyDictionary[Scorer, weakref.ref]" = weakref.WeakKeyDictionary()
+
+
 class SDTPRuntime:
     """The SDTP state of one patched model: its schedule, a switch, and the forward in flight."""
 
@@ -176,12 +190,12 @@ class SDTPRuntime:
         self._model = model
         self._layers = list(family.decoder_layers(model))  # unwrapped: taken before apply_sdtp wraps them
         self.scorer = scorer
-        scorer.bind(model, self._layers, stage_layers)
+        self._bind(scorer)
         base = family.base_model(model)
         self._call = ModelCall(base)
         self._top_call = ModelCall(model)
         self._hooks = [
-            model.register_forward_pre_hook(self._refuse_labels, with_kwargs=True),
+            model.register_forward_pre_hook(self._refuse_positional_outputs, with_kwargs=True),
             base.register_forward_pre_hook(self._begin, with_kwargs=True),
             base.register_forward_hook(self._end, always_call=True),
         ]
@@ -194,35 +208,59 @@ class SDTPRuntime:
         return self.protected_tail
 
     def set_scorer(self, scorer: Scorer) -> Scorer:
-        """Rank tokens with `scorer` from now on; returns the scorer it replaces (unbound)."""
-        scorer.bind(self._model, self._layers, self.stage_layers)
+        """Rank tokens with `scorer` from now on; returns the scorer it replaces (unbound), or `scorer` itself when
+        it is already this model's."""
+        if scorer is self.scorer:
+            return scorer
+        self._bind(scorer)
         previous, self.scorer = self.scorer, scorer
-        previous.unbind()
+        self._unbind(previous)
         return previous
 
     def close(self) -> None:
         for hook in self._hooks:
             hook.remove()
-        self.scorer.unbind()
+        self._unbind(self.scorer)
         self.forward = None
+
+    def _bind(self, scorer: Scorer) -> None:
+        owner = _SCORER_OWNERS.get(scorer)
+        if owner is not None and owner() is not None:
+            raise ValueError(f"scorer {scorer.name!r} already ranks the tokens of another model; a scorer serves one "
+                             "model at a time: give this one its own instance")
+        scorer.bind(self._model, self._layers, self.stage_layers)
+        _SCORER_OWNERS[scorer] = weakref.ref(self._model)
+
+    @staticmethod
+    def _unbind(scorer: Scorer) -> None:
+        scorer.unbind()
+        _SCORER_OWNERS.pop(scorer, None)
 
     def layer_inputs(self, layer, hidden: torch.Tensor, kwargs: dict):
         if self.forward is None:  # a layer called on its own, outside the model's forward
             return hidden, kwargs
         return self.forward.layer_inputs(layer, hidden, kwargs)
 
-    def _refuse_labels(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """A pruned prefill has logits only for the tokens that reach the last layer: no loss over every position."""
+    def _refuse_positional_outputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """A pruned prefill has logits only for the tokens that reach the last layer, right-aligned: no loss over every
+        position, and no logits picked by position."""
         argument = self._top_call.arguments(args, kwargs)
-        if not self.enabled or argument("labels") is None:
+        labels, picked = argument("labels"), isinstance(argument("logits_to_keep"), torch.Tensor)
+        if not self.enabled or (labels is None and not picked):
             return
         cache = ModelCall.cache(argument)
-        if cache is None or cache.get_seq_length() == 0:
+        if cache is not None and cache.get_seq_length() > 0:
+            return
+        if labels is not None:
             raise ValueError(
                 "SDTP prunes the prefill, so its logits cover only the tokens that reach the last layer and labels= "
                 "(a loss over every position) cannot be computed from them; compute the loss inside "
                 "`with sdtp_disabled(model):`, or from the returned logits of the kept tokens"
             )
+        raise ValueError(
+            "SDTP prunes the prefill, so a tensor logits_to_keep (positions of the prompt) would index the kept tokens "
+            "instead; pass an int (the last that many, e.g. 1), or run inside `with sdtp_disabled(model):`"
+        )
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         padding_mask, cache = self._call.inputs(args, kwargs)

@@ -11,12 +11,14 @@ import torch
 
 from .. import ops
 from ..config import SDTPConfig
+from ..devices import to_device
 from ..predictor import SaliencyPredictor
-from .step_plan import KEPT_ATTRIBUTE, StepPlan
+from .step_plan import StepPlan
 
 
 def _device(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+    """A step's host array on the device, without synchronising the stream (a decode step makes several)."""
+    return to_device(torch.from_numpy(np.ascontiguousarray(array)).to(dtype), device)
 
 
 class PrunedStep:
@@ -76,18 +78,9 @@ class PrunedStep:
         if realized != keep.tolist():
             raise RuntimeError(f"SDTP stage {stage}: select_tokens kept {realized} tokens per request, the plan "
                                f"{keep.tolist()}")
-        self._record(stage, realized)
         # Right-aligned index -> packed flat positions, as FlashAttention's varlen layout (docs/ARCHITECTURE.md §3.3).
         kept, _, _ = ops.compact_varlen(flat.unsqueeze(-1), index)
         return kept.squeeze(-1)
-
-    def _record(self, stage: int, realized: list[int]) -> None:
-        """Write the kept prompt tokens of this stage back to each pruned first pass's state."""
-        plan, batch = self.plan, self.runner.input_batch
-        for r in plan.pruned_rows:
-            if plan.first_pass[r]:
-                counts = getattr(self.runner.requests[batch.req_ids[r]], KEPT_ATTRIBUTE)
-                counts[stage] = realized[r] - int(plan.query[0][r] - counts[0])
 
     def _install_metadata(self, stage: int) -> None:
         """Metadata and KV slots of the layers that hold stage `stage`'s tokens, from the backend's own builder."""
@@ -135,8 +128,8 @@ def _common_metadata(runner, n: int, starts: np.ndarray, query: np.ndarray, cont
     seq_lens_cpu = torch.from_numpy(context.astype(np.int32))
     query_start_cpu = torch.from_numpy(starts.astype(np.int32))
     fields = dict(
-        query_start_loc=query_start_cpu.to(device), query_start_loc_cpu=query_start_cpu,
-        seq_lens=seq_lens_cpu.to(device), seq_lens_cpu_upper_bound=seq_lens_cpu,
+        query_start_loc=to_device(query_start_cpu, device), query_start_loc_cpu=query_start_cpu,
+        seq_lens=to_device(seq_lens_cpu, device), seq_lens_cpu_upper_bound=seq_lens_cpu,
         num_reqs=n, num_actual_tokens=int(query.sum()), max_query_len=int(query.max()),
         max_seq_len=int(context.max()), block_table_tensor=block_table, slot_mapping=slots, causal=True,
         positions=positions,

@@ -17,6 +17,7 @@ PACKAGE = ROOT / "sdtp_kernels"
 LAYERS = {
     "version": 0, "ops": 0, "tasks": 0,
     "": 1, "arguments": 1, "files": 1, "config": 1, "predictor": 1, "predictor_file": 1, "measure": 1, "models": 1,
+    "devices": 1,
     "hf": 2,
     "train": 3,
     "eval": 4,

@@ -12,6 +12,16 @@ from ...predictor import SaliencyPredictor
 from .base import Scorer
 
 
+def _attention_module(layer: nn.Module) -> nn.Module:
+    """A decoder layer's attention: `self_attn` in most families, `self_attention` in BLOOM."""
+    for name in ("self_attn", "self_attention"):
+        module = getattr(layer, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ValueError(f"the attention scorer finds no attention module (self_attn or self_attention) in a "
+                     f"{type(layer).__name__}")
+
+
 class AttentionScorer(Scorer):
     name = "attention"
 
@@ -24,10 +34,9 @@ class AttentionScorer(Scorer):
         if attn != "eager":
             raise ValueError(f"the attention scorer reads attention probabilities: load the model with "
                              f"attn_implementation='eager' (it runs {attn!r})")
-        if min(stage_layers) < 1:
-            raise ValueError("the attention scorer needs a decoder layer before every stage layer")
-        for stage, index in enumerate(stage_layers, start=1):
-            self._hooks.append(layers[index - 1].self_attn.register_forward_hook(self._capture(stage)))
+        for stage, index in enumerate(stage_layers, start=1):  # start_layer >= 1: a layer precedes every stage
+            attention = _attention_module(layers[index - 1])
+            self._hooks.append(attention.register_forward_hook(self._capture(stage)))
 
     def _capture(self, stage: int):
         def hook(module, args, output):

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ...devices import to_device
 from ...predictor import SaliencyPredictor
 from .base import Scorer
 
@@ -23,4 +24,4 @@ class RandomScorer(Scorer):
 
     def score(self, stage: int, hidden: torch.Tensor, predictor: Optional[SaliencyPredictor]) -> torch.Tensor:
         # Drawn on the CPU: the same scores on every device.
-        return torch.rand(hidden.shape[:2], generator=self._generator).to(hidden.device)
+        return to_device(torch.rand(hidden.shape[:2], generator=self._generator), hidden.device)

@@ -1,0 +1,89 @@
+"""What users do that the pruned forward must serve right or refuse with a clear error: no local tokens, decoding
+strategies that crop the cache, numpy settings, quantized layers, scorers moved between models, tensor arguments
+where positions would index the kept tokens."""
+import numpy as np
+import pytest
+import torch
+from hf_tiny import PROMPT, PRUNING, prompts, tiny_model
+
+from sdtp_kernels.config import SDTPConfig
+from sdtp_kernels.hf import (apply_sdtp, key_positions, make_scorer, protected_tail, remove_sdtp, sdtp_predictors,
+                             set_scorer)
+from sdtp_kernels.hf.model_call import output_cache
+
+
+def test_the_last_prompt_token_survives_every_stage_without_local_tokens():
+    """Generation reads the last token's logits: it is kept even with local_ratio = 0 and no sinks."""
+    config = PRUNING.replace(num_sink=0, local_ratio=0.0, keep_ratio=0.5)
+    assert config.local_count(10) == 1 and config.local_count(0) == 0
+    model = apply_sdtp(tiny_model("llama", "sdpa"), config)
+    ids, mask = prompts()
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, use_cache=True)
+    for kept in key_positions(output_cache(out)):
+        assert kept[:, -1].tolist() == [PROMPT - 1] * ids.shape[0]
+
+
+@pytest.mark.parametrize("strategy", [dict(prompt_lookup_num_tokens=4), dict(assistant_model="llama")])
+def test_decoding_that_crops_the_cache_is_refused(strategy):
+    """Assisted and prompt-lookup decoding crop the cache by position; a pruned layer's cache is compacted, so the
+    next forward finds it out of step with its token set and says so (not silently other tokens)."""
+    model = apply_sdtp(tiny_model("llama", "sdpa"), PRUNING)
+    ids, _ = prompts(batch=1)
+    ids = torch.cat([ids[:, :20], ids[:, :20]], 1)  # repeated n-grams: prompt lookup finds candidates
+    if "assistant_model" in strategy:
+        strategy = dict(assistant_model=tiny_model("llama", "sdpa", seed=5))
+    with pytest.raises(RuntimeError, match="changed outside SDTP's forwards"), torch.no_grad():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False, **strategy)
+
+
+def test_numpy_numbers_configure_like_python_ones():
+    config = SDTPConfig(start_layer=np.int64(2), keep_ratio=np.float64(0.5), local_ratio=np.float64(0.1))
+    assert config == SDTPConfig(start_layer=2, keep_ratio=0.5, local_ratio=0.1)
+    assert type(config.start_layer) is int and type(config.keep_ratio) is float
+    assert config.kept_count(100, 1) == 50 and SDTPConfig.from_json(config.to_json()) == config
+
+
+def test_a_layer_with_integer_weights_gets_float_predictors():
+    """A quantized layer's first parameter may be int8 (bitsandbytes' layout): the predictors take the layer's
+    first floating-point one."""
+    model = tiny_model("llama")
+    for layer in model.model.layers:
+        layer.self_attn.q_proj.weight = torch.nn.Parameter(layer.self_attn.q_proj.weight.data.to(torch.int8),
+                                                           requires_grad=False)
+    apply_sdtp(model, PRUNING)
+    assert {p.dtype for p in sdtp_predictors(model).parameters()} == {torch.float32}
+
+
+def test_attention_scorer_on_bloom_and_scorers_moved_between_models():
+    bloom = apply_sdtp(tiny_model("bloom"), PRUNING, scorer="attention")  # its attention is `self_attention`
+    ids, mask = prompts()
+    with torch.no_grad():
+        bloom(ids, attention_mask=mask)
+    llama = apply_sdtp(tiny_model("llama"), PRUNING)
+    scorer = make_scorer("attention")
+    set_scorer(llama, scorer)
+    assert set_scorer(llama, scorer) is scorer  # already its scorer: nothing changes, its hooks stay
+    with torch.no_grad():
+        llama(ids, attention_mask=mask)
+    other = apply_sdtp(tiny_model("llama", seed=1), PRUNING)
+    with pytest.raises(ValueError, match="another model"):
+        set_scorer(other, scorer)
+    remove_sdtp(llama)
+    set_scorer(other, scorer)  # free again once its model let it go
+    with torch.no_grad():
+        other(ids, attention_mask=mask)
+
+
+def test_arguments_that_would_index_kept_tokens_or_are_the_wrong_kind_are_refused():
+    model = apply_sdtp(tiny_model("llama"), PRUNING)
+    ids, mask = prompts()
+    with pytest.raises(ValueError, match="logits_to_keep"), torch.no_grad():
+        model(ids, attention_mask=mask, logits_to_keep=torch.tensor([0, PROMPT - 1]))
+    with torch.no_grad():
+        assert model(ids, attention_mask=mask, logits_to_keep=1).logits.shape[1] == 1
+    with protected_tail(model, (t for t in (3, 5))):  # a generator: checked and kept, not spent
+        with torch.no_grad():
+            model(ids, attention_mask=mask)
+    with pytest.raises(TypeError, match="'config_or_dir'"):
+        apply_sdtp(tiny_model("llama"), {"keep_ratio": 0.5})
