@@ -50,6 +50,11 @@ class _Forward:
         self.runtime = runtime
         self.padding_mask = padding_mask
         self.past_length = past_length
+        # A pruning prefill's one host read, the rows' prompt lengths, is taken here, before the model queues any
+        # work of this forward: taken at the first stage, it would wait for the layers before it.
+        self.real_lengths: Optional[list[int]] = None
+        if past_length == 0 and runtime.enabled and padding_mask is not None:
+            self.real_lengths = padding_mask.sum(1).tolist()
         self.state: Optional[PrunedCacheState] = None
         self.plan: Optional[_Plan] = None  # set for a prefill with pruning on, the only forward that prunes
         self.query_slots: Optional[torch.Tensor] = None  # decode: the new tokens' columns
@@ -109,7 +114,7 @@ class _Forward:
             raise ValueError(
                 f"SDTP: the attention mask covers {self.padding_mask.shape[1]} tokens but the prompt has {length}"
             )
-        return self.padding_mask.sum(1).tolist()  # a host sync; the stages' ops add none (§3.4)
+        return self.real_lengths
 
     def _prune(self, stage: int, predictor: SaliencyPredictor, hidden: torch.Tensor) -> torch.Tensor:
         state, plan, config = self.state, self.plan, self.runtime.config
