@@ -155,9 +155,10 @@ class _Forward:
         attn = run.model_config._attn_implementation
         keys = self.state.key_slots[group][:, -visible:]
         with torch.profiler.record_function("sdtp.prune"):
-            # A window as long as the prompt's columns is full attention (no key is further from a query), and costs
-            # nothing.
-            if self.plan is not None and window is not None and window >= self.plan.columns:
+            # A window that reaches every column so far (past and this forward's) is full attention, and costs
+            # nothing: Mistral's default 4096 leaves shorter prompts and their decoding unmasked.
+            columns = self.past_length + (self.plan.columns if self.plan is not None else self.query_slots.shape[1])
+            if window is not None and window >= columns:
                 window = None
             # sdpa needs no mask where no row has an empty slot and no window cuts the keys: in a prefill the mask
             # is plain causal (sdpa's is_causal); in a decode where transformers gives the unpruned layers none (no

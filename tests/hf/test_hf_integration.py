@@ -256,10 +256,11 @@ def test_unknown_scorer_names_the_known_ones():
         apply_sdtp(tiny_model("llama"), PRUNING, scorer="best")
 
 
-def test_decoding_without_padding_gives_pruned_layers_no_mask_as_the_dense_layers_get():
+@pytest.mark.parametrize("name", ["llama", "mistral"])  # Mistral: a 4096-token window, longer than the prompt
+def test_decoding_without_padding_gives_pruned_layers_no_mask_as_the_dense_layers_get(name):
     """sdpa then runs the dense model's unmasked kernels; with padding every layer gets a mask
     (docs/ARCHITECTURE.md §4.5)."""
-    model = apply_sdtp(tiny_model("llama", "sdpa"), PRUNING)
+    model = apply_sdtp(tiny_model(name, "sdpa"), PRUNING)
     seen = []
     layer = model.model.layers[LAYERS - 1]  # pruned in every stage
     hook = layer.layer.register_forward_pre_hook(
