@@ -38,8 +38,7 @@ def keep_policy(key_keep: torch.Tensor, num_queries: int, window: Optional[int] 
     or float in [0, 1]: the result is then a product of it (1 where attended), so straight-through Gumbel decisions
     keep their gradient."""
     B, K = key_keep.shape
-    q = torch.arange(K - num_queries, K, device=key_keep.device)[:, None]
-    k = torch.arange(K, device=key_keep.device)[None, :]
+    q, k = _positions(K, num_queries, key_keep.device)
     causal, itself = structural_mask(K, num_queries, window, key_keep.device), k == q
     keep = key_keep[:, None, None, :]
     if keep.dtype == torch.bool:
@@ -49,10 +48,15 @@ def keep_policy(key_keep: torch.Tensor, num_queries: int, window: Optional[int] 
 
 def structural_mask(num_keys: int, num_queries: int, window: Optional[int], device: torch.device) -> torch.Tensor:
     """[Q, K] bool: what the last Q of K positions may attend whatever is kept: causality, and a sliding window."""
-    q = torch.arange(num_keys - num_queries, num_keys, device=device)[:, None]
-    k = torch.arange(num_keys, device=device)[None, :]
+    q, k = _positions(num_keys, num_queries, device)
     allowed = k <= q
     return allowed if window is None else allowed & (q - k < window)
+
+
+def _positions(num_keys: int, num_queries: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """([Q, 1] query positions, the last Q of K; [1, K] key positions)."""
+    queries = torch.arange(num_keys - num_queries, num_keys, device=device)
+    return queries[:, None], torch.arange(num_keys, device=device)[None, :]
 
 
 def hard_mask(policy: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
