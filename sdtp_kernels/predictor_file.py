@@ -42,19 +42,20 @@ class SavedPredictors:
     def check_fits(
         self, hidden_size: int, num_layers: int, model_name: str, config: Optional[SDTPConfig] = None
     ) -> None:
-        """Refuse a model these predictors were not made for: another hidden size, or a stage count that the
-        schedule (`config`, by default the saved one) does not give on a model of `num_layers` decoder layers."""
+        """Refuse a model these predictors were not made for: another hidden size, or stage layers other than the
+        ones the schedule (`config`, by default the saved one) gives on a model of `num_layers` decoder layers (each
+        predictor was trained on the hidden states entering its own layer)."""
         if self.hidden_size != hidden_size:
             raise ValueError(
                 f"the SDTP predictors in {self.directory} were made for hidden size {self.hidden_size}, "
                 f"but this {model_name} has hidden size {hidden_size}"
             )
         stages = (config or self.config).stage_layers(num_layers)
-        if len(self.stage_layers) != len(stages):
+        if list(self.stage_layers) != stages:
             raise ValueError(
-                f"{self.directory} holds {len(self.stage_layers)} stage predictors (before layers "
-                f"{self.stage_layers}), but its config on this {num_layers}-layer model gives {len(stages)} stages "
-                f"(before layers {stages})"
+                f"{self.directory} holds {len(self.stage_layers)} stage predictors, trained before layers "
+                f"{self.stage_layers}, but the schedule on this {num_layers}-layer model puts its stages before "
+                f"layers {stages}"
             )
 
     def saliency_options(self) -> Optional[dict[str, Any]]:

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from ..arguments import positive_int
+from ..arguments import non_negative_int, positive_int
 from ..predictor_file import read_predictors
 from ..train.options import SaliencyOptions
 from .marking import evaluate_spearman
@@ -115,15 +115,15 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--plot", default=None, help="bar chart PNG (None: no plot)")
     parser.add_argument("--keep-ratios", type=_ratios, default=",".join(map(str, DEFAULT_KEEP_RATIOS)),
                         help="comma-separated keep ratios")
-    parser.add_argument("--count", type=int, default=500, help="prompts (--data: 0 = all)")
-    parser.add_argument("--start", type=int, default=0, help="first held-out prompt index")
-    parser.add_argument("--spearman-count", type=int, default=200,
+    parser.add_argument("--count", type=non_negative_int, default=500, help="prompts (--data: 0 = all)")
+    parser.add_argument("--start", type=non_negative_int, default=0, help="first held-out prompt index")
+    parser.add_argument("--spearman-count", type=non_negative_int, default=200,
                         help="prompts for the saliency correlation (0: skip)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="prompts per forward")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="of the model")
     parser.add_argument("--device", default=None, help="None: cuda if available, else cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="random baseline and first untrained predictors' seed")
     parser.add_argument("--untrained-seeds", type=positive_int, default=8,
                         help="freshly initialised predictor sets averaged for the untrained Spearman")

@@ -8,6 +8,7 @@ import json
 import os
 from typing import Optional
 
+from ..arguments import non_negative_float, non_negative_int, positive_int
 from ..config import SDTPConfig
 from .options import (ATTENTIONS, DTYPE_ALIASES, DTYPES, LR_SCHEDULES, NORMALIZATIONS, TASK_LOSSES, LossOptions,
                       SaliencyOptions, TrainOptions)
@@ -47,9 +48,9 @@ def _common(parser: argparse.ArgumentParser, schedule: tuple[str, ...]) -> None:
         default = _CONFIG_DEFAULTS[name]
         kind = float if isinstance(default, float) else int
         group.add_argument(_flag(name), type=kind, default=default, help=_SCHEDULE_HELP[name])
-    parser.add_argument("--batch-size", type=int, default=_TRAIN_DEFAULTS["batch_size"],
+    parser.add_argument("--batch-size", type=positive_int, default=_TRAIN_DEFAULTS["batch_size"],
                         help="records per batch (per process when training)")
-    parser.add_argument("--max-length", type=int, default=None, help="keep each record's last N tokens")
+    parser.add_argument("--max-length", type=positive_int, default=None, help="keep each record's last N tokens")
     parser.add_argument("--dtype", type=lambda name: DTYPE_ALIASES.get(name, name), choices=DTYPES,
                         default=_TRAIN_DEFAULTS["dtype"], help="of the frozen model (also bf16, fp16, fp32); half "
                         "precision runs its forward under autocast, the predictors and optimiser stay float32")
@@ -148,7 +149,7 @@ def add_commands(subparsers) -> None:
     )
     _common(mark, _MARK_SCHEDULE)
     _saliency_flags(mark)
-    mark.add_argument("--records-per-shard", type=int, default=1024, help="records per safetensors shard")
+    mark.add_argument("--records-per-shard", type=positive_int, default=1024, help="records per safetensors shard")
     mark.set_defaults(run=_run_mark)
 
     train = subparsers.add_parser(
@@ -168,21 +169,24 @@ def add_commands(subparsers) -> None:
     losses.add_argument("--task-loss", dest="task", choices=TASK_LOSSES, default=_LOSS_DEFAULTS["task"],
                         help="lm: LM loss of the pruned forward; kl: KL to the unpruned model")
     for name in ("task_weight", "mse_weight", "rank_weight", "ratio_weight"):
-        losses.add_argument(_flag(name), type=float, default=_LOSS_DEFAULTS[name],
+        losses.add_argument(_flag(name), type=non_negative_float, default=_LOSS_DEFAULTS[name],
                             help=f"weight of the {name.split('_')[0]} term")
     losses.add_argument("--tau", type=float, default=_LOSS_DEFAULTS["tau"], help="Gumbel-softmax temperature")
-    losses.add_argument("--rank-pairs", type=int, default=_LOSS_DEFAULTS["rank_pairs"],
+    losses.add_argument("--rank-pairs", type=positive_int, default=_LOSS_DEFAULTS["rank_pairs"],
                         help="ranking pairs per row and stage: all of them up to this many, sampled beyond")
     run = train.add_argument_group("optimisation")
-    run.add_argument("--max-steps", type=int, default=_TRAIN_DEFAULTS["max_steps"], help="optimisation steps")
+    run.add_argument("--max-steps", type=positive_int, default=_TRAIN_DEFAULTS["max_steps"],
+                     help="optimisation steps")
     run.add_argument("--lr", type=float, default=_TRAIN_DEFAULTS["lr"], help="peak learning rate")
-    run.add_argument("--weight-decay", type=float, default=_TRAIN_DEFAULTS["weight_decay"], help="AdamW weight decay")
-    run.add_argument("--max-grad-norm", type=float, default=_TRAIN_DEFAULTS["max_grad_norm"],
+    run.add_argument("--weight-decay", type=non_negative_float, default=_TRAIN_DEFAULTS["weight_decay"],
+                     help="AdamW weight decay")
+    run.add_argument("--max-grad-norm", type=non_negative_float, default=_TRAIN_DEFAULTS["max_grad_norm"],
                      help="gradient norm clip (0: no clipping)")
-    run.add_argument("--warmup-steps", type=int, default=_TRAIN_DEFAULTS["warmup_steps"], help="linear warm-up")
+    run.add_argument("--warmup-steps", type=non_negative_int, default=_TRAIN_DEFAULTS["warmup_steps"],
+                     help="linear warm-up")
     run.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=_TRAIN_DEFAULTS["lr_schedule"],
                      help="after the warm-up: cosine decay to 0 at --max-steps, or constant")
-    run.add_argument("--save-every", type=int, default=_TRAIN_DEFAULTS["save_every"],
+    run.add_argument("--save-every", type=non_negative_int, default=_TRAIN_DEFAULTS["save_every"],
                      help="checkpoint every N steps (0: at the end only)")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     run.add_argument("--seed", type=int, default=_TRAIN_DEFAULTS["seed"], help="initialisation, data order, noise")

@@ -7,6 +7,7 @@ import itertools
 import sys
 from typing import Any, Iterator, Optional
 
+import torch
 from tqdm.auto import tqdm
 
 from ..config import SDTPConfig
@@ -19,7 +20,7 @@ from .options import SaliencyOptions
 from .processes import Processes
 from .saliency import token_saliency
 from .schedule import describe_skipped
-from .sharding import shard_frozen_model
+from .sharding import check_can_shard, shard_frozen_model
 from .shards import ShardWriter
 
 
@@ -47,6 +48,10 @@ def mark(
 ) -> Optional[dict[str, Any]]:
     """Mark `data` with `model_dir` at the stage layers of `config`; returns the index written to `out` (None in
     the processes of a torchrun job but the first). `attention`, `checkpointing`, `shard`: as for training."""
+    for name, value in (("batch_size", batch_size), ("records_per_shard", records_per_shard),
+                        ("max_length", 1 if max_length is None else max_length)):
+        if value < 1:
+            raise ValueError(f"mark: {name} must be >= 1, got {value}")
     processes = Processes(device)
     try:
         return _mark(processes, model_dir, data, out, config, options, batch_size, records_per_shard, max_length,
@@ -59,11 +64,14 @@ def _mark(processes: Processes, model_dir: str, data: str, out: str, config: SDT
           batch_size: int, records_per_shard: int, max_length: Optional[int], dtype: str, text_field: str,
           attention: Optional[str], checkpointing: bool, shard: bool) -> Optional[dict[str, Any]]:
     device = processes.device
-    model = load_frozen_model(model_dir, dtype, device, attention)
+    if shard:
+        check_can_shard()
+    # Sharded, the model stays in host memory until fully_shard moves it to the device one unit at a time.
+    model = load_frozen_model(model_dir, dtype, torch.device("cpu") if shard else device, attention)
     if checkpointing:
         checkpoint_decoder_layers(model)
     if shard:
-        shard_frozen_model(model)
+        shard_frozen_model(model, device)
     metadata = {
         "stage_layers": config.stage_layers(len(family_of(model).decoder_layers(model))),
         "sdtp_config": config.to_dict(),
@@ -99,4 +107,6 @@ def _mark(processes: Processes, model_dir: str, data: str, out: str, config: SDT
                 for input_ids, row_saliency in process_rows:
                     writer.add(input_ids, row_saliency)
             progress.update(sum(len(b.records) for b in group))
-    return writer.close() if writer is not None else None
+    index = writer.close() if writer is not None else None
+    processes.wait_for_all()  # no process returns before process 0 has written the index (a train may follow)
+    return index

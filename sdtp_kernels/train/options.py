@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Optional
 
 from ..config import SDTPConfig
@@ -54,6 +55,9 @@ class LossOptions:
             raise ValueError(f"the task loss must be one of {TASK_LOSSES}, got {self.task!r}")
         if self.tau <= 0 or self.rank_pairs < 1:
             raise ValueError(f"need tau > 0 and rank_pairs >= 1, got tau={self.tau}, rank_pairs={self.rank_pairs}")
+        for name in ("task_weight", "mse_weight", "rank_weight", "ratio_weight"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 
 
 LR_SCHEDULES = ("cosine", "constant")
@@ -99,6 +103,11 @@ class TrainOptions:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.save_every < 0 or self.warmup_steps < 0:
             raise ValueError("save_every and warmup_steps must be >= 0")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1 (or None), got {self.max_length}")
+        if not (self.lr > 0 and self.weight_decay >= 0 and self.max_grad_norm >= 0):
+            raise ValueError(f"need lr > 0, weight_decay >= 0 and max_grad_norm >= 0, got lr={self.lr}, "
+                             f"weight_decay={self.weight_decay}, max_grad_norm={self.max_grad_norm}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.attention not in (None, *ATTENTIONS):

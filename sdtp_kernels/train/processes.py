@@ -17,7 +17,9 @@ class Processes:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device is None:
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda":  # each process of a torchrun job its own GPU
+            device = f"cuda:{local_rank}"
         self.device = torch.device(device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -33,8 +35,9 @@ class Processes:
         return self.rank == 0
 
     def all_finite(self, value: torch.Tensor) -> bool:
-        """Whether `value` is finite in every process (each must stop when one does, or the others would wait)."""
-        return bool(self.mean(torch.isfinite(value.detach()).float().reshape(1)).item() == 1.0)
+        """Whether every element of `value` is finite in every process (each must stop when one does, or the
+        others would wait)."""
+        return bool(self.mean(torch.isfinite(value.detach()).all().float().reshape(1)).item() == 1.0)
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         if self.distributed:

@@ -1,25 +1,35 @@
 """Sharding the frozen LLM across the processes of a torchrun job with PyTorch's FSDP (`fully_shard`,
-docs/ARCHITECTURE.md §5.2): each process holds 1/world of the weights and gathers one decoder layer's at a time,
-in the forward and again in the backward pass. The predictors are left out of the shards: they stay whole in every
-process and train data-parallel."""
+docs/ARCHITECTURE.md §5.2): each process holds 1/world of the weights on its device and gathers one decoder layer's
+at a time, in the forward and again in the backward pass. The model is loaded into host memory and sharded from
+there: `fully_shard` moves one unit at a time to the device and keeps its shard, so no device ever holds the whole
+model. The predictors are left out of the shards: they stay whole in every process and train data-parallel."""
 from __future__ import annotations
 
 from typing import Optional
 
+import torch
 import torch.distributed as dist
 from torch import nn
 
 from .model import frozen_layers
 
 
-def shard_frozen_model(model: nn.Module, predictors: Optional[nn.Module] = None) -> None:
-    """Shard `model` in place across the default process group: one FSDP unit per decoder layer, one for the rest
-    (embeddings, final norm, LM head). `predictors`, if the model carries them, are not sharded."""
+def check_can_shard() -> None:
+    """Refuse --shard outside a torchrun job, before any model is loaded."""
     if not dist.is_initialized():
         raise ValueError("sharding the model (--shard) needs several processes: run under torchrun "
                          "(torchrun --nproc-per-node N -m sdtp_kernels.cli ...)")
+
+
+def shard_frozen_model(model: nn.Module, device: torch.device, predictors: Optional[nn.Module] = None) -> None:
+    """Shard `model` (in host memory, or already on `device`) in place across the default process group onto
+    `device`: one FSDP unit per decoder layer, one for the rest (embeddings, final norm, LM head). `predictors`, if
+    the model carries them, are not sharded: they are moved to `device` whole."""
+    check_can_shard()
     from torch.distributed.fsdp import fully_shard
 
     for layer in frozen_layers(model):
         fully_shard(layer)
     fully_shard(model, ignored_params=set(predictors.parameters()) if predictors is not None else None)
+    if predictors is not None:
+        predictors.to(device)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import warnings
@@ -47,7 +48,7 @@ from .options import SaliencyOptions, TrainOptions
 from .processes import Processes, StepMeter
 from .saliency import token_saliency
 from .schedule import describe_skipped
-from .sharding import shard_frozen_model
+from .sharding import check_can_shard, shard_frozen_model
 from .shards import SaliencyShards, batch_saliency
 from .summary import write_summary
 
@@ -104,11 +105,13 @@ def _trim_log(out: str, step: int) -> None:
         f.writelines(kept)
 
 
-def _stop_on_nonfinite(step: int, terms: dict[str, torch.Tensor], sources: list[str], out: str) -> None:
+def _stop_on_nonfinite(step: int, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor, sources: list[str],
+                       out: str) -> None:
     values = ", ".join(f"{name} {float(value.detach()):.4g}" for name, value in terms.items())
     where = "the last checkpoint in it is untouched" if os.path.exists(checkpoint_path(out)) else "nothing was saved"
-    raise ValueError(f"step {step}: the training loss is not finite ({values}); records of this batch: "
-                     f"{', '.join(sources)}. Training stopped before this step changed anything in {out} ({where})")
+    raise ValueError(f"step {step}: the training loss or its gradient is not finite ({values}, gradient norm "
+                     f"{float(grad_norm):.4g}); records of this batch: {', '.join(sources)}. Training stopped before "
+                     f"this step changed anything in {out} ({where})")
 
 
 def train(options: TrainOptions) -> nn.Module:
@@ -125,7 +128,11 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
     if not options.resume and os.path.exists(checkpoint_path(out)):
         raise ValueError(f"{out} already holds a training checkpoint; pass --resume to continue it, or another --out")
 
-    model = load_frozen_model(options.model, options.dtype, device, options.attention)
+    if options.shard:
+        check_can_shard()
+    # Sharded, the model stays in host memory until fully_shard moves it to the device one unit at a time.
+    model = load_frozen_model(options.model, options.dtype, torch.device("cpu") if options.shard else device,
+                              options.attention)
     torch.manual_seed(options.seed)  # the predictors' initial weights (DDP also broadcasts rank 0's)
     apply_sdtp(model, options.sdtp)
     predictors = sdtp_predictors(model).float().requires_grad_(True).train()
@@ -133,7 +140,7 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
     if options.checkpointing:
         checkpoint_decoder_layers(model)
     if options.shard:
-        shard_frozen_model(model, predictors)
+        shard_frozen_model(model, device, predictors)
 
     examples = ExampleIndex(options.data, options.model, model.get_input_embeddings().num_embeddings, options.sdtp,
                             options.max_length, options.text_field)
@@ -186,13 +193,16 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
                 saliency = token_saliency(model, options.sdtp, batch, options.saliency or SaliencyOptions())
             teacher = _unpruned_logits(model, batch) if options.loss.task == "kl" else None
             terms = step_fn(batch, saliency, teacher, _generators(options.seed, step, records, device))
-            if not processes.all_finite(terms["loss"]):
-                _stop_on_nonfinite(step + 1, terms, [examples[r].source for r in records], out)
 
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
-            if options.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(predictors.parameters(), options.max_grad_norm)
+            # The norm also when nothing is clipped (max_norm inf): a finite loss can still have an infinite
+            # gradient, which clipping would turn into NaN weights. One check of both, before anything changes.
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                predictors.parameters(), options.max_grad_norm if options.max_grad_norm > 0 else math.inf)
+            if not processes.all_finite(torch.stack([terms["loss"].detach().float(), grad_norm.float()])):
+                _stop_on_nonfinite(step + 1, terms, grad_norm, [examples[r].source for r in records], out)
+            lr = scheduler.get_last_lr()[0]  # what this step uses
             optimizer.step()
             scheduler.step()
             step += 1
@@ -208,7 +218,7 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
             recent_gap = (recent_gap + [metrics["kept"] - metrics["kept_target"]])[-KEPT_GAP_STEPS:]
             if processes.main:
                 with open(os.path.join(out, LOG_FILE), "a") as f:
-                    f.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **metrics, **measured}) + "\n")
+                    f.write(json.dumps({"step": step, "lr": lr, **metrics, **measured}) + "\n")
                 if step == options.max_steps or (options.save_every and step % options.save_every == 0):
                     save_checkpoint(out, {
                         "identity": identity,

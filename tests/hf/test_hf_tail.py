@@ -59,7 +59,9 @@ def test_schedule_overrides_at_apply_time(tmp_path):
     save_sdtp(apply_sdtp(tiny_model("llama"), PRUNING), tmp_path)
     model = apply_sdtp(tiny_model("llama"), tmp_path, keep_ratio=0.5, num_sink=1)
     assert sdtp_config(model) == PRUNING.replace(keep_ratio=0.5, num_sink=1)
-    with pytest.raises(ValueError, match="holds 3 stage predictors .* gives 2 stages"):
+    with pytest.raises(ValueError, match=r"holds 3 stage predictors, .* before layers \[4, 6\]"):
         apply_sdtp(tiny_model("llama"), tmp_path, start_layer=4)
+    with pytest.raises(ValueError, match=r"trained before layers \[2, 4, 6\], .* before layers \[3, 5, 7\]"):
+        apply_sdtp(tiny_model("llama"), tmp_path, start_layer=3)  # as many stages, other layers
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['keep'\]"):
         apply_sdtp(tiny_model("llama"), tmp_path, keep=0.5)

@@ -48,9 +48,27 @@ def test_a_non_finite_loss_stops_before_anything_is_written(workdir, tmp_path, m
     out = tmp_path / "out"
     assert main(["train", *_args(workdir, "--out", str(out), "--max-steps", "3", "--batch-size", "4")]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "step 1: the training loss is not finite (loss nan" in error
+    assert "step 1: the training loss or its gradient is not finite (loss nan" in error
     assert "data.jsonl line" in error and "nothing was saved" in error
     assert not (out / "sdtp_predictors.safetensors").exists() and not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("clip", ["1.0", "0"])  # clipping would turn an infinite gradient into NaN weights
+def test_a_finite_loss_with_an_infinite_gradient_stops_too(workdir, tmp_path, monkeypatch, capsys, clip):
+    forward = objective.PredictorObjective.forward
+
+    def poisoned(self, *args, **kwargs):
+        terms = forward(self, *args, **kwargs)
+        terms["loss"].register_hook(lambda grad: grad * float("inf"))
+        return terms
+
+    monkeypatch.setattr(objective.PredictorObjective, "forward", poisoned)
+    out = tmp_path / "out"
+    args = _args(workdir, "--out", str(out), "--max-steps", "3", "--batch-size", "4", "--max-grad-norm", clip)
+    assert main(["train", *args]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "step 1: the training loss or its gradient is not finite" in error and "gradient norm" in error
+    assert not (out / "checkpoint.pt").exists()
 
 
 def test_marking_no_record_is_an_error(workdir, tmp_path, capsys):
@@ -87,3 +105,24 @@ def test_a_wrong_model_path_is_one_line_naming_it(workdir, tmp_path, capsys, com
     assert main([command, *args]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and f"--model {model[kind]}" in error, error
+
+
+@pytest.mark.parametrize("command, flag, value", [
+    ("train", "--batch-size", "0"), ("train", "--max-length", "-3"), ("train", "--max-grad-norm", "-1"),
+    ("train", "--mse-weight", "nan"), ("train", "--warmup-steps", "-2"), ("mark", "--records-per-shard", "0"),
+])
+def test_out_of_range_flags_are_refused_by_name(workdir, tmp_path, capsys, command, flag, value):
+    args = ["--model", str(workdir / "model"), "--data", str(workdir / "data.jsonl"), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as stopped:
+        main([command, *args, flag, value])
+    assert stopped.value.code == 2 and f"argument {flag}: expected" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "mark"])
+def test_shard_outside_torchrun_is_refused_before_the_model_loads(workdir, tmp_path, capsys, monkeypatch, command):
+    from sdtp_kernels.train import model as model_module
+
+    monkeypatch.setattr(model_module, "load_causal_lm", lambda *a, **k: pytest.fail("the model was loaded"))
+    args = ["--model", str(workdir / "model"), "--data", str(workdir / "data.jsonl"), "--out", str(tmp_path / "o")]
+    assert main([command, *args, "--shard"]) == 2
+    assert "needs several processes: run under torchrun" in capsys.readouterr().err
