@@ -14,15 +14,19 @@ def checkpoint_path(out: str) -> str:
 
 
 def save_checkpoint(out: str, state: dict[str, Any]) -> None:
-    """Write then rename, so that an interrupted save leaves the previous checkpoint intact."""
+    """Write, flush to disk, then rename, so that an interrupted save (or a crash of the machine) leaves the previous
+    checkpoint intact."""
     path = checkpoint_path(out)
-    torch.save(state, path + ".tmp")
+    with open(path + ".tmp", "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
 
 
 def load_checkpoint(out: str, identity: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint in `out`, checked to belong to a run with this `identity` (the settings that fix what the run
-    computes: schedule, seed, global batch, data size)."""
+    computes: schedule, seed, global batch, data, losses, optimiser)."""
     path = checkpoint_path(out)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--resume: {out} holds no checkpoint ({CHECKPOINT_FILE}) to continue from")

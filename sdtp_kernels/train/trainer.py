@@ -159,12 +159,20 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
         step, options.warmup_steps, options.max_steps, constant=options.lr_schedule == "constant"))
 
+    # What fixes the run's computation: a resume must match all of it (only max_steps and save_every may change).
     identity = {
         "sdtp_config": options.sdtp.to_dict(),
         "seed": options.seed,
         "global_batch": options.batch_size * processes.world,
         "num_records": len(examples),
         "num_stages": num_stages,
+        "loss": dataclasses.asdict(options.loss),
+        "optimiser": {name: getattr(options, name)
+                      for name in ("lr", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm")},
+        "data": {"max_length": options.max_length, "text_field": options.text_field,
+                 "saliency": None if options.saliency is None else dataclasses.asdict(options.saliency),
+                 "marked": options.saliency_dir is not None},
+        "model": {"dtype": options.dtype, "attention": options.attention},
     }
     step = 0
     if options.resume:

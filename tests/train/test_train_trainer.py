@@ -84,6 +84,8 @@ def test_resume_continues_exactly(workdir, tmp_path, monkeypatch):
         trainer.train(_options(workdir, resumed))
     with pytest.raises(ValueError, match=r"different run \(seed: checkpoint 0, now 1\)"):
         trainer.train(_options(workdir, resumed, resume=True, seed=1))
+    with pytest.raises(ValueError, match=r"different run \(optimiser: checkpoint .*'lr': 0.01.*now .*'lr': 5.0"):
+        trainer.train(_options(workdir, resumed, resume=True, lr=5.0))
     trainer.train(_options(workdir, resumed, resume=True))
 
     a, b = load_file(straight / WEIGHTS), load_file(resumed / WEIGHTS)
