@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from ..config import SDTPConfig
 from ..hf.families import family_of
 from ..hf.patch import apply_sdtp, save_sdtp, sdtp_disabled, sdtp_predictors
 from ..predictor_file import TRAIN_OPTIONS_FILE
@@ -76,9 +77,8 @@ def _unpruned_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
         ).logits
 
 
-def _check_marking(
-    marking: SaliencyShards, stage_layers: list[int], num_records: int, options: Optional[SaliencyOptions]
-) -> None:
+def _check_marking(marking: SaliencyShards, config: SDTPConfig, stage_layers: list[int], num_records: int,
+                   options: Optional[SaliencyOptions]) -> None:
     marked = SaliencyOptions.from_description(marking.index)
     if options is not None and options != marked:
         raise ValueError(
@@ -92,17 +92,33 @@ def _check_marking(
         )
     if len(marking) != num_records:
         raise ValueError(f"{marking.directory} marked {len(marking)} records, the training data has {num_records}")
+    marked_config = marking.index.get("sdtp_config", {})
+    for name in ("num_sink", "local_ratio"):  # the protected tokens, which marking leaves out of its statistics
+        if marked_config.get(name) != getattr(config, name):
+            raise ValueError(f"{marking.directory} was marked with {name} = {marked_config.get(name)}, this schedule "
+                             f"has {getattr(config, name)}; mark with the same --{name.replace('_', '-')}")
 
 
 def _trim_log(out: str, step: int) -> None:
-    """Drop log lines past `step`: those of a run that stopped after its last checkpoint."""
+    """Drop log lines past `step`: those of a run that stopped after its last checkpoint, including a last line cut
+    short by a crash. The log is replaced whole (write, then rename)."""
     path = os.path.join(out, LOG_FILE)
     if not os.path.exists(path):
         return
     with open(path) as f:
-        kept = [line for line in f if json.loads(line)["step"] <= step]
-    with open(path, "w") as f:
+        lines = f.readlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            if number == len(lines) and not line.endswith("\n"):
+                break  # written when the run died: its step is redone
+            raise ValueError(f"{path} line {number}: not a training log line ({error})") from None
+    with open(path + ".tmp", "w") as f:
         f.writelines(kept)
+    os.replace(path + ".tmp", path)
 
 
 def _stop_on_nonfinite(step: int, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor, sources: list[str],
@@ -150,7 +166,7 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
     if options.saliency_dir is not None:
         marking = SaliencyShards(options.saliency_dir)
         stage_layers = options.sdtp.stage_layers(len(family_of(model).decoder_layers(model)))
-        _check_marking(marking, stage_layers, len(examples), options.saliency)
+        _check_marking(marking, options.sdtp, stage_layers, len(examples), options.saliency)
     order = BatchOrder(len(examples), options.batch_size, processes.world, processes.rank, options.seed)
 
     objective = PredictorObjective(model, options.sdtp, predictors, options.loss, normalizer=processes.mean)

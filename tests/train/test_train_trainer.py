@@ -86,6 +86,8 @@ def test_resume_continues_exactly(workdir, tmp_path, monkeypatch):
         trainer.train(_options(workdir, resumed, resume=True, seed=1))
     with pytest.raises(ValueError, match=r"different run \(optimiser: checkpoint .*'lr': 0.01.*now .*'lr': 5.0"):
         trainer.train(_options(workdir, resumed, resume=True, lr=5.0))
+    with open(resumed / "train_log.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # a line cut short when the run died
     trainer.train(_options(workdir, resumed, resume=True))
 
     a, b = load_file(straight / WEIGHTS), load_file(resumed / WEIGHTS)
@@ -162,6 +164,9 @@ def test_cli_mark_then_train(workdir, tmp_path, capsys):
     marked_again = ["--out", str(tmp_path / "x"), "--saliency", str(tmp_path / "marks"), "--absolute"]
     assert _sdtp("train", *train, *marked_again) == 2
     assert "holds saliency marked with SaliencyOptions(absolute=False" in capsys.readouterr().err
+    other_sinks = ["--out", str(tmp_path / "z"), "--saliency", str(tmp_path / "marks"), "--num-sink", "6"]
+    assert _sdtp("train", *train, *other_sinks) == 2
+    assert "was marked with num_sink = 2, this schedule has 6" in capsys.readouterr().err
     with open(tmp_path / "bad.jsonl", "w") as f:
         f.write('{"input_ids": [1, 2]}\n{"tokens": [1, 2]}\n')
     assert _sdtp("mark", "--model", str(workdir / "model"), "--data", str(tmp_path / "bad.jsonl"),
