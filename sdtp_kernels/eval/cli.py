@@ -13,7 +13,7 @@ from ..arguments import non_negative_int, positive_int
 from ..predictor_file import read_predictors
 from ..train.options import SaliencyOptions
 from .marking import evaluate_spearman
-from .prompts import file_prompts, task_prompts
+from .prompts import check_vocabulary, file_prompts, task_prompts
 from .quality import DEFAULT_KEEP_RATIOS, METHODS, evaluate_pruning
 from .report import format_table, plot, results_json
 
@@ -51,7 +51,10 @@ def _eval(args: argparse.Namespace) -> int:
     saliency_options = SaliencyOptions(**trained_saliency) if trained_saliency else None
     model = load_causal_lm(args.model, getattr(torch, args.dtype), attn_implementation="eager")
     model = model.to(device).eval().requires_grad_(False)
-    stage_layers = config.stage_layers(len(family_of(model).decoder_layers(model)))
+    num_layers = len(family_of(model).decoder_layers(model))
+    saved.check_fits(model.config.hidden_size, num_layers, type(model).__name__)  # before any forward runs
+    check_vocabulary(prompts, model.get_input_embeddings().num_embeddings)
+    stage_layers = config.stage_layers(num_layers)
     print(f"sdtp eval: {len(prompts)} prompts, stages before layers {stage_layers}, keep ratios {args.keep_ratios}",
           file=sys.stderr, flush=True)
     pruning = evaluate_pruning(model, config, state, prompts, args.keep_ratios, METHODS, args.batch_size, args.seed,

@@ -18,6 +18,17 @@ class Prompt:
     answer: int  # the token that should follow the prompt
     answer_position: Optional[int] = None  # where the answer sits in the prompt's context, if known
     labels: Optional[list[int]] = None  # per prompt token: labelled tokens inside the prompt (-100 = none), if any
+    source: str = "a prompt"  # where it was read, for errors
+
+
+def check_vocabulary(prompts: Sequence[Prompt], vocab_size: int) -> None:
+    """Refuse a token id outside the model's vocabulary, naming its prompt (the embedding would fail without a
+    location, and on CUDA with a device-side assert)."""
+    for prompt in prompts:
+        bad = [t for t in (*prompt.input_ids, prompt.answer) if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"{prompt.source}: token id {bad[0]} is outside the model's vocabulary "
+                             f"(0..{vocab_size - 1})")
 
 
 def read_task(task_json: str) -> tuple[RetrievalTaskConfig, int]:
@@ -47,6 +58,10 @@ def task_prompts(task_json: str, count: int, start: int = 0, seq_len: Optional[i
     return retrieval_prompts(task, count, start)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def file_prompts(path: str, count: Optional[int] = None, start: int = 0) -> list[Prompt]:
     """Prompts of a JSON Lines file: ``input_ids`` (the prompt) and ``answer`` (a token id, or a list whose first
     entry is the next token); ``answer_position`` and ``labels`` (one per prompt token, for marking) optional."""
@@ -67,15 +82,18 @@ def file_prompts(path: str, count: Optional[int] = None, start: int = 0) -> list
             answer = record["answer"]
             answer = answer[0] if isinstance(answer, list) and answer else answer
             ids = record["input_ids"]
-            if not isinstance(answer, int) or not isinstance(ids, list) or not ids:
+            if not (_is_int(answer) and isinstance(ids, list) and ids and all(_is_int(t) for t in ids)):
                 raise ValueError(f"{where}: `input_ids` must be a non-empty list of ints and `answer` an int")
             position = record.get("answer_position")
+            if position is not None and not (_is_int(position) and position < len(ids)):
+                raise ValueError(f"{where}: `answer_position` must be an int below the prompt's {len(ids)} tokens "
+                                 f"(negative or absent: unknown), got {position!r}")
             labels = record.get("labels")
             if labels is not None and not (isinstance(labels, list) and len(labels) == len(ids)
                                            and all(isinstance(t, int) and t >= IGNORE for t in labels)):
                 raise ValueError(f"{where}: `labels` must be a list of token ids (or -100) with one entry per "
                                  "`input_ids` token")
-            prompts.append(Prompt(ids, answer, None if position is None or position < 0 else int(position), labels))
+            prompts.append(Prompt(ids, answer, None if position is None or position < 0 else position, labels, where))
     prompts = prompts[start:]
     return prompts if count is None else prompts[:count]
 

@@ -12,7 +12,7 @@ from hf_tiny import PRUNING, VOCAB, prompts, tiny_model
 from python_ref.select_tokens import protected_mask
 from sdtp_kernels.eval.cli import add_commands
 from sdtp_kernels.eval.marking import mark_prompts
-from sdtp_kernels.eval.prompts import file_prompts
+from sdtp_kernels.eval.prompts import check_vocabulary, file_prompts
 from sdtp_kernels.eval.statistics import spearman
 from sdtp_kernels.hf import apply_sdtp, key_positions, remove_sdtp, save_sdtp, set_scorer
 from sdtp_kernels.hf.model_call import output_cache
@@ -160,6 +160,30 @@ def test_file_prompts_checks_labels(tmp_path, labels):
     path.write_text(json.dumps({"input_ids": [1, 2, 3], "answer": 4, "labels": labels}) + "\n")
     with pytest.raises(ValueError, match="line 1: `labels` must be a list of token ids .* one entry per `input_ids`"):
         file_prompts(str(path))
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"input_ids": [1, 2, 3], "answer": True}, "`input_ids` must be a non-empty list of ints and `answer` an int"),
+    ({"input_ids": [1, "2", 3], "answer": 4}, "`input_ids` must be a non-empty list of ints"),
+    ({"input_ids": [1, 2, 3], "answer": 4, "answer_position": "1"}, "`answer_position` must be an int below the "
+                                                                   "prompt's 3 tokens"),
+    ({"input_ids": [1, 2, 3], "answer": 4, "answer_position": 3}, "`answer_position` must be an int below"),
+])
+def test_file_prompts_checks_types_and_the_answer_position(tmp_path, record, message):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(ValueError, match=f"line 1: {message}"):
+        file_prompts(str(path))
+
+
+def test_tokens_outside_the_vocabulary_are_refused_naming_the_line(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"input_ids": [1, 2, 3], "answer": 4}) + "\n"
+                    + json.dumps({"input_ids": [1, VOCAB, 3], "answer": 4}) + "\n")
+    prompts = file_prompts(str(path))
+    check_vocabulary(prompts[:1], VOCAB)
+    with pytest.raises(ValueError, match=f"data.jsonl line 2: token id {VOCAB} is outside the model's vocabulary"):
+        check_vocabulary(prompts, VOCAB)
 
 
 def test_untrained_seeds_must_be_positive():
