@@ -24,8 +24,7 @@ from .scorers import Scorer
 class _Plan:
     """The host-side schedule of one prefill, from its rows' prompt lengths."""
 
-    def __init__(self, config: SDTPConfig, columns: int, lengths: list[int], tails: list[int], num_stages: int):
-        self.columns = columns  # the prompt's columns, padding included
+    def __init__(self, config: SDTPConfig, lengths: list[int], tails: list[int], num_stages: int):
         self.counts = [lengths] + [[config.kept_count(n, s, t) for n, t in zip(lengths, tails)]
                                    for s in range(1, num_stages + 1)]
         self.local = [config.local_count(n, t) for n, t in zip(lengths, tails)]
@@ -58,6 +57,7 @@ class _Forward:
         self.state: Optional[PrunedCacheState] = None
         self.plan: Optional[_Plan] = None  # set for a prefill with pruning on, the only forward that prunes
         self.query_slots: Optional[torch.Tensor] = None  # decode: the new tokens' columns
+        self.columns = 0  # every column so far: the cached ones and this forward's
         self.group_inputs: dict[tuple, dict[str, Any]] = {}  # (group, window, visible keys) -> layer inputs
 
     def layer_inputs(self, layer, hidden: torch.Tensor, kwargs: dict):
@@ -89,11 +89,11 @@ class _Forward:
     def _start(self, hidden: torch.Tensor, kwargs: dict) -> None:
         run = self.runtime
         batch, length = hidden.shape[:2]
+        self.columns = self.past_length + length
         cache = run.family.layer_cache(kwargs)
         if self.past_length == 0:
             if run.enabled:
-                self.plan = _Plan(run.config, length, self._prompt_lengths(batch, length), run.tails(batch),
-                                  run.num_stages)
+                self.plan = _Plan(run.config, self._prompt_lengths(batch, length), run.tails(batch), run.num_stages)
             # Also when pruning is off: a reused cache must not keep the token sets of an earlier prompt.
             self.state = PrunedCacheState.unpruned(run.num_stages)
             if cache is not None:
@@ -157,8 +157,7 @@ class _Forward:
         with torch.profiler.record_function("sdtp.prune"):
             # A window that reaches every column so far (past and this forward's) is full attention, and costs
             # nothing: Mistral's default 4096 leaves shorter prompts and their decoding unmasked.
-            columns = self.past_length + (self.plan.columns if self.plan is not None else self.query_slots.shape[1])
-            if window is not None and window >= columns:
+            if window is not None and window >= self.columns:
                 window = None
             # sdpa needs no mask where no row has an empty slot and no window cuts the keys: in a prefill the mask
             # is plain causal (sdpa's is_causal); in a decode where transformers gives the unpruned layers none (no

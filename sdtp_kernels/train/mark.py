@@ -7,7 +7,6 @@ import itertools
 import sys
 from typing import Any, Iterator, Optional
 
-import torch
 from tqdm.auto import tqdm
 
 from ..config import SDTPConfig
@@ -20,7 +19,7 @@ from .options import SaliencyOptions
 from .processes import Processes
 from .saliency import token_saliency
 from .schedule import describe_skipped
-from .sharding import check_can_shard, shard_frozen_model
+from .sharding import loading_device, shard_frozen_model
 from .shards import ShardWriter
 
 
@@ -64,10 +63,7 @@ def _mark(processes: Processes, model_dir: str, data: str, out: str, config: SDT
           batch_size: int, records_per_shard: int, max_length: Optional[int], dtype: str, text_field: str,
           attention: Optional[str], checkpointing: bool, shard: bool) -> Optional[dict[str, Any]]:
     device = processes.device
-    if shard:
-        check_can_shard()
-    # Sharded, the model stays in host memory until fully_shard moves it to the device one unit at a time.
-    model = load_frozen_model(model_dir, dtype, torch.device("cpu") if shard else device, attention)
+    model = load_frozen_model(model_dir, dtype, loading_device(device, shard), attention)
     if checkpointing:
         checkpoint_decoder_layers(model)
     if shard:

@@ -14,8 +14,16 @@ from torch import nn
 from .model import frozen_layers
 
 
-def check_can_shard() -> None:
-    """Refuse --shard outside a torchrun job, before any model is loaded."""
+def loading_device(device: torch.device, shard: bool) -> torch.device:
+    """Where the frozen model loads: `device`, or to be sharded, host memory (after refusing a run outside torchrun,
+    before anything loads), which fully_shard then moves to `device` one unit at a time."""
+    if not shard:
+        return device
+    _check_can_shard()
+    return torch.device("cpu")
+
+
+def _check_can_shard() -> None:
     if not dist.is_initialized():
         raise ValueError("sharding the model (--shard) needs several processes: run under torchrun "
                          "(torchrun --nproc-per-node N -m sdtp_kernels.cli ...)")
@@ -25,7 +33,7 @@ def shard_frozen_model(model: nn.Module, device: torch.device, predictors: Optio
     """Shard `model` (in host memory, or already on `device`) in place across the default process group onto
     `device`: one FSDP unit per decoder layer, one for the rest (embeddings, final norm, LM head). `predictors`, if
     the model carries them, are not sharded: they are moved to `device` whole."""
-    check_can_shard()
+    _check_can_shard()
     from torch.distributed.fsdp import fully_shard
 
     for layer in frozen_layers(model):

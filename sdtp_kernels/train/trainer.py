@@ -49,7 +49,7 @@ from .options import SaliencyOptions, TrainOptions
 from .processes import Processes, StepMeter
 from .saliency import token_saliency
 from .schedule import describe_skipped
-from .sharding import check_can_shard, shard_frozen_model
+from .sharding import loading_device, shard_frozen_model
 from .shards import SaliencyShards, batch_saliency
 from .summary import write_summary
 
@@ -144,11 +144,7 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
     if not options.resume and os.path.exists(checkpoint_path(out)):
         raise ValueError(f"{out} already holds a training checkpoint; pass --resume to continue it, or another --out")
 
-    if options.shard:
-        check_can_shard()
-    # Sharded, the model stays in host memory until fully_shard moves it to the device one unit at a time.
-    model = load_frozen_model(options.model, options.dtype, torch.device("cpu") if options.shard else device,
-                              options.attention)
+    model = load_frozen_model(options.model, options.dtype, loading_device(device, options.shard), options.attention)
     torch.manual_seed(options.seed)  # the predictors' initial weights (DDP also broadcasts rank 0's)
     apply_sdtp(model, options.sdtp)
     predictors = sdtp_predictors(model).float().requires_grad_(True).train()
