@@ -13,7 +13,7 @@ one run. CUDA-event timing: warm-up calls, then the median of many timed calls, 
 - saliency_score (D = 4096, H = 1024; bf16 from 512 to 128K tokens, fp32 at 16K) on both CUDA paths (fused, gemm:
   csrc/cuda/score_paths.h) and the one SDTP_SCORE_PATH=auto picks, vs the unfused PyTorch composition (RMSNorm, Linear,
   GELU, Linear) and the roofline bound max(bytes / copy bandwidth, flops / bf16 matmul rate): the figures that set
-  the dispatch rule.
+  the dispatch rule. Each also queued back to back (`queued_ms`): launch latency hidden, as inside a prefill.
 --device cpu with --tiny runs every section's code on small shapes without a GPU (scripts/gpu_check.sh --dry-run).
 """
 from __future__ import annotations
@@ -73,6 +73,26 @@ def cuda_time_ms(torch, fn, warmup=5, iters=30):
             host.append(times[-1])
     return {"median_ms": statistics.median(times), "min_ms": min(times), "host_median_ms": statistics.median(host),
             "iters": iters}
+
+
+def queued_time_ms(torch, fn, iters=30):
+    """Milliseconds per call of `iters` calls queued back to back between two CUDA events (wall clock on the CPU):
+    the host runs ahead of the device, as in a prefill where the GPU is busy with the layers before, so launch
+    latency is hidden and what remains is the device time of the call's kernels and the gaps between them."""
+    fn()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / iters
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return 1e3 * (time.perf_counter() - t0) / iters
 
 
 def kernel_breakdown(torch, fn, iters=5):
@@ -272,6 +292,7 @@ def bench_score(torch, sdtp, size, iters, ceilings):
         sub = slice(0, min(T, 4096))
         exact = _exact_score(torch, x[sub], nw, w1, b1, w2, b2)
         tb = cuda_time_ms(torch, lambda: unfused(x), warmup=3, iters=iters)
+        tb["queued_ms"] = queued_time_ms(torch, lambda: unfused(x), iters=3 * iters)
         nbytes = T * D * x.element_size() + H * D * x.element_size() + T * 4
         flops = 2.0 * T * D * H
         rate = max(ceilings["matmul_bf16"]["flop_per_s"], matmul_rate(torch, T, D, H, iters=5)["flop_per_s"])
@@ -285,8 +306,10 @@ def bench_score(torch, sdtp, size, iters, ceilings):
         for path in SCORE_PATHS:
             with score_path(path):
                 t = cuda_time_ms(torch, call, warmup=3, iters=iters)
+                t["queued_ms"] = queued_time_ms(torch, call, iters=3 * iters)
                 err = float((call()[sub].double() - exact).abs().max())
             row[path] = {**t, "speedup_vs_unfused": tb["median_ms"] / t["median_ms"],
+                         "queued_speedup_vs_unfused": tb["queued_ms"] / t["queued_ms"],
                          "ratio_to_roofline": t["median_ms"] / bound_ms,
                          "achieved_tflop_per_s": flops / (t["median_ms"] * 1e-3) / 1e12,
                          "max_abs_err_vs_fp64_first_4096": err}
@@ -299,18 +322,22 @@ def bench_score(torch, sdtp, size, iters, ceilings):
         row["auto_path"] = sdtp.cuda_score_path(dt) if DEVICE == "cuda" else None  # what auto ran
         row["auto_within_5pct_of_faster"] = row["auto"]["median_ms"] <= 1.05 * row[best]["median_ms"]
         row["auto_not_slower_than_unfused"] = row["auto"]["median_ms"] <= tb["median_ms"]
+        row["auto_not_slower_than_unfused_queued"] = row["auto"]["queued_ms"] <= tb["queued_ms"]
         rows.append(row)
         print(f"score T={T} {row['dtype']}: fused {row['fused']['median_ms']:.3f} ms, "
               f"gemm {row['gemm']['median_ms']:.3f} ms, auto {row['auto']['median_ms']:.3f} ms, "
-              f"unfused {tb['median_ms']:.3f} ms, roofline {bound_ms:.3f} ms; "
+              f"unfused {tb['median_ms']:.3f} ms, roofline {bound_ms:.3f} ms; queued: auto "
+              f"{row['auto']['queued_ms']:.3f} ms, unfused {tb['queued_ms']:.3f} ms; "
               f"err fused {row['fused']['max_abs_err_vs_fp64_first_4096']:.2e} gemm "
               f"{row['gemm']['max_abs_err_vs_fp64_first_4096']:.2e} unfused "
               f"{row['max_abs_err_unfused_vs_fp64_first_4096']:.2e}", flush=True)
         del x
     return {
         "rows": rows,
-        "target": "auto never slower than the unfused composition; auto within 5% of the faster path",
+        "target": ("auto never slower than the unfused composition (each call alone, and queued); auto within 5% "
+                   "of the faster path"),
         "auto_never_slower_than_unfused": all(r["auto_not_slower_than_unfused"] for r in rows),
+        "auto_never_slower_than_unfused_queued": all(r["auto_not_slower_than_unfused_queued"] for r in rows),
         "auto_picks_the_faster_path": all(r["auto_within_5pct_of_faster"] for r in rows),
         "min_speedup_vs_unfused_auto": min(r["auto"]["speedup_vs_unfused"] for r in rows),
     }
