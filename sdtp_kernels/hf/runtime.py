@@ -4,6 +4,7 @@ selects and compacts the hidden states, and it hands every pruned layer the posi
 tokens that layer holds (docs/ARCHITECTURE.md §4)."""
 from __future__ import annotations
 
+import gc
 import weakref
 from typing import Any, Optional
 
@@ -176,8 +177,9 @@ class _Forward:
             return {"attention_mask": mask, **run.family.position_kwargs(kwargs, queries, keys)}
 
 
-# The model each bound scorer serves (a scorer's hooks and captured state belong to one model).
-_SCORER_OWNERS: "weakref.WeakKeyDictionary[Scorer, weakref.ref]" = weakref.WeakKeyDictionary()
+# The model each bound scorer serves (a scorer's hooks and captured state belong to one model), by the scorer's id:
+# a scorer need not be hashable. While its model lives, the model holds the scorer, so the id is not reused.
+_SCORER_OWNERS: dict[int, weakref.ref] = {}
 
 
 class SDTPRuntime:
@@ -229,17 +231,21 @@ class SDTPRuntime:
         self.forward = None
 
     def _bind(self, scorer: Scorer) -> None:
-        owner = _SCORER_OWNERS.get(scorer)
+        owner = _SCORER_OWNERS.get(id(scorer))
         if owner is not None and owner() is not None:
-            raise ValueError(f"scorer {scorer.name!r} already ranks the tokens of another model; a scorer serves one "
-                             "model at a time: give this one its own instance")
+            gc.collect()  # a model its user dropped lives on in its reference cycles until the collector runs
+            if owner() is not None:
+                raise ValueError(f"scorer {scorer.name!r} already ranks the tokens of another model; a scorer serves "
+                                 "one model at a time: give this one its own instance")
         scorer.bind(self._model, self._layers, self.stage_layers)
-        _SCORER_OWNERS[scorer] = weakref.ref(self._model)
+        for key in [key for key, ref in _SCORER_OWNERS.items() if ref() is None]:  # models gone without close()
+            del _SCORER_OWNERS[key]
+        _SCORER_OWNERS[id(scorer)] = weakref.ref(self._model)
 
     @staticmethod
     def _unbind(scorer: Scorer) -> None:
         scorer.unbind()
-        _SCORER_OWNERS.pop(scorer, None)
+        _SCORER_OWNERS.pop(id(scorer), None)
 
     def layer_inputs(self, layer, hidden: torch.Tensor, kwargs: dict):
         if self.forward is None:  # a layer called on its own, outside the model's forward

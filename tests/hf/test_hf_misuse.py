@@ -1,6 +1,9 @@
 """What users do that the pruned forward must serve right or refuse with a clear error: no local tokens, decoding
 strategies that crop the cache, numpy settings, quantized layers, scorers moved between models, tensor arguments
 where positions would index the kept tokens."""
+import dataclasses
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,7 @@ from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.hf import (apply_sdtp, key_positions, make_scorer, protected_tail, remove_sdtp, sdtp_predictors,
                              set_scorer)
 from sdtp_kernels.hf.model_call import output_cache
+from sdtp_kernels.hf.scorers import Scorer
 
 
 def test_the_last_prompt_token_survives_every_stage_without_local_tokens():
@@ -71,6 +75,31 @@ def test_attention_scorer_on_bloom_and_scorers_moved_between_models():
         set_scorer(other, scorer)
     remove_sdtp(llama)
     set_scorer(other, scorer)  # free again once its model let it go
+    with torch.no_grad():
+        other(ids, attention_mask=mask)
+
+
+@dataclasses.dataclass  # eq=True makes it unhashable: scorers are looked up by identity, not by hash
+class _LengthScorer(Scorer):
+    name = "length"
+    scale: float = 1.0
+
+    def score(self, stage, hidden, predictor):
+        return self.scale * hidden.float().norm(dim=-1)
+
+
+def test_a_scorer_need_not_be_hashable_and_is_free_once_its_model_is_dropped():
+    scorer = _LengthScorer()
+    ids, mask = prompts()
+    model = apply_sdtp(tiny_model("llama"), PRUNING, scorer=scorer)
+    with torch.no_grad():
+        model(ids, attention_mask=mask)
+    gc.disable()  # the model lives on in its reference cycles: the scorer is still freed for the next model
+    try:
+        del model
+        other = apply_sdtp(tiny_model("llama", seed=1), PRUNING, scorer=scorer)
+    finally:
+        gc.enable()
     with torch.no_grad():
         other(ids, attention_mask=mask)
 
