@@ -24,6 +24,7 @@ from ..config import SDTPConfig
 from ..hf import apply_sdtp, protected_tail
 from ..hf.model_dir import local_model_dir
 from ..hf.scorers import make_scorer
+from ..predictor_file import read_predictors
 
 _SCHEDULE = {f.name: f.type for f in dataclasses.fields(SDTPConfig)}
 _PAD = 0  # the harness right-pads log-likelihood batches with token id 0
@@ -67,8 +68,12 @@ class SDTPLM(HFLM):
             raise ValueError("sdtp: scorer=predictor needs trained predictors: pass predictors=DIR (or put them in "
                              "PRETRAINED/sdtp), or use scorer=random / scorer=attention")
         chosen = make_scorer(scorer, **({"seed": int(seed)} if scorer == "random" else {}))
-        # Without predictors (the baselines), fresh ones of the default schedule, overridden like saved ones.
-        apply_sdtp(self.model, predictors if predictors is not None else SDTPConfig(), scorer=chosen, **schedule)
+        # The baselines rank without predictors: they take the saved schedule (or the default one), overridden like
+        # saved predictors, on any stage layers the overrides give.
+        source = predictors
+        if scorer != "predictor":
+            source = read_predictors(predictors).config if predictors is not None else SDTPConfig()
+        apply_sdtp(self.model, source, scorer=chosen, **schedule)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         if self._pruning:

@@ -85,3 +85,13 @@ def test_model_args_are_checked():
         SDTPLM(pretrained=REFERENCE, sdtp="maybe")
     with pytest.raises(FileNotFoundError, match="pretrained= ./nowhere: no such folder"):
         SDTPLM(pretrained="./nowhere")
+
+
+def test_baselines_take_schedule_overrides_that_the_saved_predictors_would_refuse():
+    """random and attention rank without predictors, so a start_layer= the saved predictors were not trained for is
+    theirs to take; scorer=predictor refuses it."""
+    lm = SDTPLM(pretrained=REFERENCE, scorer="random", start_layer=3, batch_size=1)
+    config = sdtp_config(lm.model)
+    assert config.start_layer == 3 and config.keep_ratio == read_predictors(f"{REFERENCE}/sdtp").config.keep_ratio
+    with pytest.raises(ValueError, match="trained before layers"):
+        SDTPLM(pretrained=REFERENCE, start_layer=3, batch_size=1)
