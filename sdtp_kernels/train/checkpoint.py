@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -31,8 +32,14 @@ def load_checkpoint(out: str, identity: dict[str, Any]) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--resume: {out} holds no checkpoint ({CHECKPOINT_FILE}) to continue from")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    differ = {key: (state["identity"].get(key), value) for key, value in identity.items()
-              if state["identity"].get(key) != value}
+    # A checkpoint written before a setting joined the identity cannot be checked for it: said, not refused (its
+    # training would be lost).
+    unchecked = [key for key in identity if key not in state["identity"]]
+    if unchecked:
+        warnings.warn(f"--resume: the checkpoint in {out} predates the check of {', '.join(unchecked)}; resuming "
+                      "without checking them", stacklevel=2)
+    differ = {key: (state["identity"][key], value) for key, value in identity.items()
+              if key in state["identity"] and state["identity"][key] != value}
     if differ:
         details = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in differ.items())
         raise ValueError(f"--resume: the checkpoint in {out} belongs to a different run ({details})")

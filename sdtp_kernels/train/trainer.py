@@ -43,6 +43,7 @@ from .data import Batch, BatchOrder, collate
 from .examples import ExampleIndex
 from .losses import labelled_positions
 from .lr import warmup_cosine
+from .fingerprints import examples_fingerprint, marking_fingerprint, model_fingerprint
 from .model import frozen_precision, load_frozen_model
 from .objective import PredictorObjective
 from .options import SaliencyOptions, TrainOptions
@@ -145,6 +146,7 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
         raise ValueError(f"{out} already holds a training checkpoint; pass --resume to continue it, or another --out")
 
     model = load_frozen_model(options.model, options.dtype, loading_device(device, options.shard), options.attention)
+    model_digest = model_fingerprint(model)  # before SDTP adds predictors and sharding splits the weights
     torch.manual_seed(options.seed)  # the predictors' initial weights (DDP also broadcasts rank 0's)
     apply_sdtp(model, options.sdtp)
     predictors = sdtp_predictors(model).float().requires_grad_(True).train()
@@ -183,8 +185,9 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
                       for name in ("lr", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm")},
         "data": {"max_length": options.max_length, "text_field": options.text_field,
                  "saliency": None if options.saliency is None else dataclasses.asdict(options.saliency),
-                 "marked": options.saliency_dir is not None},
-        "model": {"dtype": options.dtype, "attention": options.attention},
+                 "examples": examples_fingerprint(examples),
+                 "marking": None if marking is None else marking_fingerprint(marking)},
+        "model": {"dtype": options.dtype, "attention": options.attention, "weights": model_digest},
     }
     step = 0
     if options.resume:

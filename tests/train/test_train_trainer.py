@@ -2,6 +2,7 @@
 and the `sdtp mark` / `sdtp train` commands run on a model directory without a tokenizer."""
 import json
 import os
+import shutil
 import socket
 import warnings
 
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 import sdtp_kernels.train.trainer as trainer
 from sdtp_kernels.cli import main
 from sdtp_kernels.hf import apply_sdtp, sdtp_predictors
+from sdtp_kernels.train.checkpoint import load_checkpoint, save_checkpoint
 from sdtp_kernels.train.data import collate, read_examples
 from sdtp_kernels.train.objective import PredictorObjective
 from sdtp_kernels.train.options import LossOptions, TrainOptions
@@ -31,7 +33,8 @@ def workdir(tmp_path_factory):
 
 def _options(workdir, out, **overrides) -> TrainOptions:
     settings = dict(sdtp=PRUNING, batch_size=4, max_steps=4, save_every=2, lr=1e-2, device="cpu")
-    return TrainOptions(str(workdir / "model"), str(workdir / "data.jsonl"), str(out), **{**settings, **overrides})
+    paths = dict(model=str(workdir / "model"), data=str(workdir / "data.jsonl"), out=str(out))
+    return TrainOptions(**{**paths, **settings, **overrides})
 
 
 @pytest.mark.parametrize("task", ["lm", "kl"])
@@ -86,15 +89,41 @@ def test_resume_continues_exactly(workdir, tmp_path, monkeypatch):
         trainer.train(_options(workdir, resumed, resume=True, seed=1))
     with pytest.raises(ValueError, match=r"different run \(optimiser: checkpoint .*'lr': 0.01.*now .*'lr': 5.0"):
         trainer.train(_options(workdir, resumed, resume=True, lr=5.0))
+    _refuses_another_model_or_data(workdir, resumed)
     with open(resumed / "train_log.jsonl", "a") as f:
         f.write('{"step": 3, "lo')  # a line cut short when the run died
-    trainer.train(_options(workdir, resumed, resume=True))
+    moved = tmp_path / "moved"  # the same model and data elsewhere: still the same run
+    shutil.copytree(workdir / "model", moved / "model")
+    shutil.copy(workdir / "data.jsonl", moved / "data.jsonl")
+    trainer.train(_options(moved, resumed, resume=True))
 
     a, b = load_file(straight / WEIGHTS), load_file(resumed / WEIGHTS)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _log(straight) == _log(resumed)
     state = torch.load(resumed / "checkpoint.pt", weights_only=True)
     assert state["step"] == 4 and state["data_position"] == {"epoch": 1, "batch": 0}
+
+
+def _refuses_another_model_or_data(workdir, resumed):
+    """Another checkpoint of the same architecture, and data of as many records, as long, one token changed."""
+    other = resumed.parent / "other"
+    tiny_model("llama", "eager", seed=7).save_pretrained(other / "model")
+    with pytest.raises(ValueError, match=r"different run \(model: checkpoint .*'weights'"):
+        trainer.train(_options(workdir, resumed, resume=True, model=str(other / "model")))
+    records = [json.loads(line) for line in (workdir / "data.jsonl").read_text().splitlines()]
+    records[0]["input_ids"][5] = records[0]["input_ids"][5] % (VOCAB - 1) + 1
+    (other / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ValueError, match=r"different run \(data: checkpoint .*'examples'"):
+        trainer.train(_options(workdir, resumed, resume=True, data=str(other / "data.jsonl")))
+
+
+def test_a_checkpoint_from_before_a_setting_was_checked_resumes_with_a_warning(tmp_path):
+    save_checkpoint(str(tmp_path), {"identity": {"seed": 0}, "step": 2})
+    with pytest.warns(UserWarning, match="predates the check of loss"):
+        assert load_checkpoint(str(tmp_path), {"seed": 0, "loss": {"task": "lm"}})["step"] == 2
+    with pytest.raises(ValueError, match=r"different run \(seed: checkpoint 0, now 1\)"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_checkpoint(str(tmp_path), {"seed": 1, "loss": {"task": "lm"}})
 
 
 def test_log_has_the_schedules_kept_fraction_and_a_gap_warns(workdir, tmp_path, monkeypatch):
