@@ -47,11 +47,15 @@ class StepPlan:
             request = runner.requests[req_id]
             prompt = request.num_prompt_tokens
             if self.first_pass[r]:
-                # A recompute after preemption prunes the same prompt with the same counts as before.
-                if kept_counts(request) is None and req_id not in runner.num_prompt_logprobs:
-                    counts = [prompt] + [config.kept_count(prompt, s) for s in range(1, num_stages + 1)]
-                    # Nothing removed at any stage: the request runs exactly as without SDTP.
-                    setattr(request, KEPT_ATTRIBUTE, counts if counts[-1] < prompt else None)
+                # Decided once per request: a recompute after preemption prunes the same prompt with the same counts,
+                # or runs unpruned again (the runner forgets a request's prompt_logprobs once they are sent).
+                if not hasattr(request, KEPT_ATTRIBUTE):
+                    counts = None
+                    if req_id not in runner.num_prompt_logprobs:  # those need every prompt token at the last layer
+                        counts = [prompt] + [config.kept_count(prompt, s) for s in range(1, num_stages + 1)]
+                        # Nothing removed at any stage: the request runs exactly as without SDTP.
+                        counts = counts if counts[-1] < prompt else None
+                    setattr(request, KEPT_ATTRIBUTE, counts)
                 counts = kept_counts(request)
                 if counts is None:
                     continue
