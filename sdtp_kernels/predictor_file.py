@@ -42,9 +42,10 @@ class SavedPredictors:
     def check_fits(
         self, hidden_size: int, num_layers: int, model_name: str, config: Optional[SDTPConfig] = None
     ) -> None:
-        """Refuse a model these predictors were not made for: another hidden size, or stage layers other than the
-        ones the schedule (`config`, by default the saved one) gives on a model of `num_layers` decoder layers (each
-        predictor was trained on the hidden states entering its own layer)."""
+        """Refuse a model these predictors were not made for: another hidden size, stage layers other than the ones
+        the schedule (`config`, by default the saved one) gives on a model of `num_layers` decoder layers (each
+        predictor was trained on the hidden states entering its own layer), or a schedule whose predictor width is
+        not the saved one."""
         if self.hidden_size != hidden_size:
             raise ValueError(
                 f"the SDTP predictors in {self.directory} were made for hidden size {self.hidden_size}, "
@@ -57,6 +58,11 @@ class SavedPredictors:
                 f"{self.stage_layers}, but the schedule on this {num_layers}-layer model puts its stages before "
                 f"layers {stages}"
             )
+        fc1 = self.state.get("0.fc1.weight")  # absent only from a damaged file, which the strict load names
+        width = (config or self.config).predictor_width(hidden_size)
+        if fc1 is not None and fc1.shape[0] != width:
+            raise ValueError(f"{self.directory} holds predictors {fc1.shape[0]} wide, but the schedule asks for "
+                             f"predictor_hidden = {width}; the width of saved predictors cannot be changed")
 
     def saliency_options(self) -> Optional[dict[str, Any]]:
         """The saliency options training marked with (SaliencyOptions fields), None when unknown."""

@@ -87,6 +87,9 @@ def refusals(vllm_config) -> list[str]:
         found.append("pipeline parallelism: use pipeline_parallel_size=1 (tensor parallelism is supported)")
     if parallel.decode_context_parallel_size > 1:
         found.append("decode context parallelism: use decode_context_parallel_size=1")
+    if vllm_config.lora_config is not None:
+        found.append("LoRA (its kernels index the step's tokens, which pruned layers no longer hold): serve without "
+                     "enable_lora")
     if model.get_sliding_window() is not None:
         found.append(f"a sliding window ({model.get_sliding_window()} tokens) counts compacted KV entries, not "
                      "positions: serve the model without one")

@@ -52,6 +52,11 @@ def export(model_dir: str, predictors_dir: str, out: str, copy: bool = False,
     if stray:
         raise ValueError(f"--model {model_dir}: config.json already holds {stray}, keys the vLLM plugin reads as "
                          "load-time overrides of the schedule; remove them")
+    # vLLM loads *.safetensors when a folder has any, and OUT will (the predictors): .bin weights would be ignored.
+    if not any(name.endswith(".safetensors") and name not in _PREDICTOR_FILES for name in os.listdir(model_dir)):
+        raise ValueError(f"--model {model_dir} holds no *.safetensors weights; load it and save it again with "
+                         "transformers' save_pretrained, which writes safetensors (vLLM would read only the "
+                         "predictors' safetensors file of the export and leave the model's .bin weights unloaded)")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise ValueError(f"--out {out} exists and is not an empty folder; pass a new folder")
     os.makedirs(out, exist_ok=True)

@@ -170,11 +170,13 @@ def test_loading_predictors_into_a_mismatched_model_raises(tmp_path):
     with pytest.raises(ValueError, match=r"holds 3 stage predictors, trained before layers \[2, 4, 6\], .* before "
                                          r"layers \[2, 4, 6, 8\]"):
         apply_sdtp(tiny_model("llama", num_hidden_layers=10), tmp_path)
+    with pytest.raises(ValueError, match=r"holds predictors 16 wide, but the schedule asks for predictor_hidden = 8"):
+        apply_sdtp(tiny_model("llama"), tmp_path, predictor_hidden=8)  # an override
     saved = json.loads((tmp_path / "sdtp_config.json").read_text())
     saved["config"]["predictor_hidden"] = 8
     (tmp_path / "sdtp_config.json").write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match="do not fit this model's predictors"):
-        apply_sdtp(tiny_model("llama"), tmp_path)
+    with pytest.raises(ValueError, match=r"holds predictors 16 wide, but the schedule asks for predictor_hidden = 8"):
+        apply_sdtp(tiny_model("llama"), tmp_path)  # a config that disagrees with its weights
 
 
 def _without_position_embeddings(model):

@@ -33,6 +33,15 @@ def test_pooling(folder):
     _refused(folder, "pooling", runner="pooling")
 
 
+def test_lora(folder):
+    _refused(folder, "LoRA.*enable_lora", enable_lora=True)
+
+
+def test_predictor_width_override(folder):
+    _refused(folder, "predictor_hidden = 8; the width of saved predictors cannot be changed",
+             hf_overrides={"sdtp_predictor_hidden": 8})
+
+
 def test_unknown_schedule_override(folder):
     _refused(folder, "unknown schedule override.*sdtp_keep_rate", hf_overrides={"sdtp_keep_rate": 0.5})
 
