@@ -38,7 +38,7 @@ def build_cuda():
 
 
 def extension():
-    sources = ["csrc/registration.cpp", "csrc/validate.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     # The C++ standard is the one torch asks for (C++20 from torch 2.10 on). -fopenmp: at::parallel_for is inlined
     # into our code and runs serially without it.
     cxx = ["-O3", "-fopenmp"]

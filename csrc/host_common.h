@@ -6,6 +6,8 @@
 #include <ATen/Dispatch.h>
 #include <c10/util/Optional.h>
 
+#include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "validate.h"
@@ -88,6 +90,8 @@ inline SeqLens seqlens_from_index(const at::Tensor& index, int64_t N, const char
   if (index.numel() > 0) check_index_bounds(v[2], v[3], N, op);
   s.total = v[0];
   s.max_seqlen = v[1];
+  TORCH_CHECK_VALUE(s.total <= std::numeric_limits<int32_t>::max(), op, ": ", s.total, " kept rows do not fit ",
+                    "cu_seqlens, which FlashAttention's varlen layout holds as int32");
   return s;
 }
 

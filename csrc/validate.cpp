@@ -18,8 +18,10 @@ void check_floating(const at::Tensor& t, const char* name, const char* op) {
 
 void check_row_argument(const at::Tensor& t, const char* name, int64_t B, const at::Tensor& scores) {
   const char* op = "sdtp.select_tokens";
-  TORCH_CHECK_TYPE(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": argument '", name,
-                   "' must be an integer tensor, got ", t.scalar_type());
+  // Wider unsigned types are refused: CPU reductions have no kernels for them, and a uint64 would wrap in int64.
+  const auto type = t.scalar_type();
+  TORCH_CHECK_TYPE(type == at::kByte || (at::isIntegralType(type, /*includeBool=*/false) && at::isSignedType(type)),
+                   op, ": argument '", name, "' must be an integer tensor (int8 to int64, or uint8), got ", type);
   TORCH_CHECK_VALUE(t.dim() == 0 || (t.dim() == 1 && t.size(0) == B), op, ": argument '", name,
                     "' must be a scalar or of shape [B] = [", B, "], got ", t.sizes());
   TORCH_CHECK(t.device().is_cpu() || t.device() == scores.device(), op, ": argument '", name,

@@ -19,7 +19,7 @@ from torch.utils.cpp_extension import load
 work = sys.argv[1]
 flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
          "-fopenmp"]
-sources = ["csrc/registration.cpp", "csrc/validate.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
 os.makedirs(os.path.join(work, "obj"), exist_ok=True)
 module = load("_C", sources, extra_cflags=flags, extra_ldflags=["-fsanitize=address,undefined", "-fopenmp"],
               build_directory=os.path.join(work, "obj"), verbose=False)

@@ -87,8 +87,8 @@ def _row_tensor(value: IntOrTensor, name: str) -> torch.Tensor:
         return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"sdtp.select_tokens: argument '{name}' must be an int or an integer tensor, got {value!r}")
-    if value < 0:
-        raise ValueError(f"sdtp.select_tokens: argument '{name}' must be >= 0, got {value}")
+    if not 0 <= value < 2**63:
+        raise ValueError(f"sdtp.select_tokens: argument '{name}' must be >= 0 and fit int64, got {value}")
     return torch.tensor(value, dtype=torch.int64)
 
 
@@ -155,7 +155,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("sdtp::compact")
     def _compact_fake(x, index, dim=1, *, check=True):
         _check_device("index", index, x, "sdtp.compact")
-        d = dim % x.dim()
+        d = dim + x.dim() if dim < 0 else dim
+        if not 1 <= d < x.dim():  # the kernels' check, so that a traced call fails where an eager one would
+            raise ValueError(f"sdtp.compact: argument 'dim' must name a sequence dim in [1, {x.dim() - 1}] (or its "
+                             f"negative), got {dim}")
         shape = list(x.shape)
         shape[d] = index.shape[1]
         return x.new_empty(shape)

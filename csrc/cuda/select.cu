@@ -379,8 +379,8 @@ void row_argument(const at::Tensor& t, const char* name, int64_t B, at::Device d
     return;
   }
   if (t.device().is_cpu()) {
-    TORCH_CHECK_VALUE(!captured, "sdtp.select_tokens: argument '", name, "' must be an int, a one-element tensor or ",
-                      "a tensor on scores' device under CUDA graph capture (a copy from the host cannot be captured)");
+    TORCH_CHECK_VALUE(!captured, "sdtp.select_tokens: argument '", name, "' must be an int, a 0-d tensor or a ",
+                      "tensor on scores' device under CUDA graph capture (a copy from the host cannot be captured)");
     holder = host.pin_memory().to(device, /*non_blocking=*/true);
   } else {
     holder = per_row(t, B, device);

@@ -26,6 +26,9 @@ CASES = [
     ("keep", lambda: sdtp_kernels.select_tokens(S, torch.tensor([1, 2, 3]))),  # wrong length
     ("keep", lambda: sdtp_kernels.select_tokens(S, torch.tensor([1.0, 2.0]))),  # float
     ("keep", lambda: sdtp_kernels.select_tokens(S, 2.5)),
+    ("keep", lambda: sdtp_kernels.select_tokens(S, torch.tensor([1, 2], dtype=torch.uint16))),  # no CPU min
+    ("keep", lambda: sdtp_kernels.select_tokens(S, 2**64)),  # beyond int64
+    ("num_local", lambda: sdtp_kernels.select_tokens(S, 2, num_local=torch.tensor(1, dtype=torch.uint64))),
     ("num_local", lambda: sdtp_kernels.select_tokens(S, 2, num_local=-3)),
     ("num_sink", lambda: sdtp_kernels.select_tokens(S, 2, num_sink=-1)),
     ("width", lambda: sdtp_kernels.select_tokens(S, 6, width=3)),
@@ -46,6 +49,8 @@ CASES = [
     ("w2", lambda: score_with(w2=torch.randn(4, 1))),
     ("b2", lambda: score_with(b2=torch.zeros(2))),
     ("eps", lambda: score_with(eps=-1.0)),
+    ("w1", lambda: score_with(w1=torch.randn(4, 16, requires_grad=True))),  # no gradient: refused, not cut off
+    ("hidden", lambda: score_with(hidden=torch.randn(3, 16, requires_grad=True))),
 ]
 
 
@@ -140,3 +145,22 @@ def test_check_false_needs_width(device):
     with pytest.raises(ValueError, match="'width' is required with check=False"):
         with torch._subclasses.fake_tensor.FakeTensorMode():
             sdtp_kernels.select_tokens(torch.empty(2, 8), torch.tensor([2, 3]), check=False)
+
+
+def test_saliency_score_takes_weights_that_require_grad_only_without_grad_mode(device):
+    """The op has no backward: with gradients on, an input that requires grad is refused by name on every device
+    (before, the CPU kernel failed inside and CUDA returned scores cut from the graph); without, it just runs."""
+    args = {name: t.to(device) for name, t in SCORE_ARGS.items()}
+    w1 = args["w1"].clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="argument 'w1' requires grad"):
+        sdtp_kernels.saliency_score(**{**args, "w1": w1})
+    with torch.no_grad():
+        got = sdtp_kernels.saliency_score(**{**args, "w1": w1})
+    assert torch.equal(got, sdtp_kernels.saliency_score(**args))
+
+
+def test_compact_fake_checks_dim_as_the_kernels_do():
+    """A traced call fails where an eager one would, not with a wrong output shape."""
+    with pytest.raises(ValueError, match="argument 'dim'"):
+        with torch._subclasses.fake_tensor.FakeTensorMode():
+            sdtp_kernels.compact(torch.empty(2, 8, 4), torch.zeros(2, 3, dtype=torch.int64), dim=0)

@@ -45,6 +45,28 @@ def test_opcheck_with_check_false(device):
         torch.library.opcheck(torch.ops.sdtp.compact.default, args, {"check": False})
 
 
+def test_opcheck_with_gradients(device):
+    """compact and compact_varlen are differentiable in x: opcheck then also checks the autograd registration and
+    the backward under AOT dispatch."""
+    samples = sample_args(device)
+    for op in ("compact", "compact_varlen"):
+        for x, *rest in samples[op]:
+            torch.library.opcheck(getattr(torch.ops.sdtp, op).default, (x.double().requires_grad_(), *rest))
+
+
+def test_torch_compile_backward():
+    def gather(hidden, index):
+        packed, _, max_seqlen = sdtp_kernels.compact_varlen(hidden, index)
+        return sdtp_kernels.compact(hidden, index).sum() + packed.square().sum() * max_seqlen
+
+    hidden = sample_args("cpu")["compact_varlen"][0][0].requires_grad_()
+    index = sample_args("cpu")["compact_varlen"][0][1]
+    compiled = torch.compile(gather, fullgraph=True, backend="aot_eager")
+    (want,) = torch.autograd.grad(gather(hidden, index), hidden)
+    (got,) = torch.autograd.grad(compiled(hidden, index), hidden)
+    torch.testing.assert_close(got, want)
+
+
 def test_torch_compile_fullgraph():
     torch._dynamo.config.capture_dynamic_output_shape_ops = True
     torch._dynamo.config.capture_scalar_outputs = True
