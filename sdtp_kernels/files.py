@@ -1,9 +1,12 @@
 """Writing files as a user expects them: safetensors' writer creates files readable by their owner only (0600),
-whatever the umask; the files the commands write get the permissions the user's umask gives any other file."""
+whatever the umask; the files the commands write get the permissions the user's umask gives any other file. JSON is
+strict JSON: Python's NaN and Infinity are not JSON, and many readers refuse them."""
 from __future__ import annotations
 
+import json
+import math
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -25,3 +28,19 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
 
     save_file(tensors, path, metadata=metadata)
     respect_umask(path)
+
+
+def finite_or_none(value: Any) -> Any:
+    """`value` with every non-finite float in it (nested in dicts, lists and tuples) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
+def strict_json(value: Any, indent: Optional[int] = None) -> str:
+    """`value` as strict JSON, a non-finite number written as null."""
+    return json.dumps(finite_or_none(value), indent=indent, allow_nan=False)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
@@ -30,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import SDTPConfig
+from ..files import strict_json
 from ..hf import apply_sdtp, remove_sdtp, sdtp_predictors
 from ..hf.model_dir import load_causal_lm
 from ..predictor_file import read_predictors
@@ -38,7 +38,7 @@ from ..train.losses import masked_mse, ranking_loss
 from ..train.options import SaliencyOptions
 from .marking import MarkedBatch, mark_prompts, mean_spearman
 from .prompts import Prompt, read_task, task_prompts
-from .report import machine
+from .report import machine, number
 
 
 def fitted_predictors(model, config: SDTPConfig, marked: list[MarkedBatch], steps: int, lr: float, seed: int):
@@ -151,10 +151,9 @@ def main(argv=None) -> int:
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
+        f.write(strict_json(results, indent=2) + "\n")
     for name, values in per_stage.items():
-        print(f"{name:>9}: {results['spearman'][name]:.3f} (per stage {', '.join(f'{v:.3f}' for v in values)})")
+        print(f"{name:>9}: {number(results['spearman'][name])} (per stage {', '.join(map(number, values))})")
     print(f"wrote {args.out}")
     return 0
 

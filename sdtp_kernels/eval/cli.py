@@ -3,13 +3,13 @@ whose answer is the next token after the prompt (docs/ARCHITECTURE.md §6)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import torch
 
 from ..arguments import non_negative_int, positive_int
+from ..files import strict_json
 from ..predictor_file import read_predictors
 from ..train.options import SaliencyOptions
 from .marking import evaluate_spearman
@@ -90,8 +90,7 @@ def _eval(args: argparse.Namespace) -> int:
     results = results_json(pruning, spearman_result, run_config, command)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
+        f.write(strict_json(results, indent=2) + "\n")
     if args.plot:
         plot(results, args.plot)
     print(format_table(results))

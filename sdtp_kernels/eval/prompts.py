@@ -22,13 +22,15 @@ class Prompt:
 
 
 def check_vocabulary(prompts: Sequence[Prompt], vocab_size: int) -> None:
-    """Refuse a token id outside the model's vocabulary, naming its prompt (the embedding would fail without a
-    location, and on CUDA with a device-side assert)."""
+    """Refuse a token id or label outside the model's vocabulary, naming its prompt, before any forward (the
+    embedding would fail without a location, on CUDA with a device-side assert; a label, after the whole sweep)."""
     for prompt in prompts:
-        bad = [t for t in (*prompt.input_ids, prompt.answer) if not 0 <= t < vocab_size]
-        if bad:
-            raise ValueError(f"{prompt.source}: token id {bad[0]} is outside the model's vocabulary "
-                             f"(0..{vocab_size - 1})")
+        labels = [t for t in prompt.labels or () if t != IGNORE]
+        for what, ids in (("token id", (*prompt.input_ids, prompt.answer)), ("label", labels)):
+            bad = [t for t in ids if not 0 <= t < vocab_size]
+            if bad:
+                raise ValueError(f"{prompt.source}: {what} {bad[0]} is outside the model's vocabulary "
+                                 f"(0..{vocab_size - 1})")
 
 
 def read_task(task_json: str) -> tuple[RetrievalTaskConfig, int]:
@@ -90,7 +92,7 @@ def file_prompts(path: str, count: Optional[int] = None, start: int = 0) -> list
                                  f"(negative or absent: unknown), got {position!r}")
             labels = record.get("labels")
             if labels is not None and not (isinstance(labels, list) and len(labels) == len(ids)
-                                           and all(isinstance(t, int) and t >= IGNORE for t in labels)):
+                                           and all(_is_int(t) and (t >= 0 or t == IGNORE) for t in labels)):
                 raise ValueError(f"{where}: `labels` must be a list of token ids (or -100) with one entry per "
                                  "`input_ids` token")
             prompts.append(Prompt(ids, answer, None if position is None or position < 0 else position, labels, where))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 from typing import Any, Optional
@@ -89,25 +90,31 @@ def plot(results: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def number(value: Optional[float], digits: int = 3) -> str:
+    """A result for a table: "n/a" where it is undefined (NaN, infinite, or None as the JSON holds it)."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
 def format_table(results: dict[str, Any]) -> str:
     """A Markdown table of the results (for notes and the README)."""
     acc, top1, kl, kept = (results["accuracy"], results["agreement"]["top1"], results["agreement"]["kl"],
                            results["answer_kept"])
     lines = ["| method | keep_ratio | accuracy | top-1 agreement | KL (nats) | answer token kept |",
              "|---|---|---|---|---|---|",
-             f"| none | 1.0 | {acc['none']:.3f} | 1.000 | 0.0000 | 1.000 |"]
+             f"| none | 1.0 | {number(acc['none'])} | 1.000 | 0.0000 | 1.000 |"]
     for method in METHODS:
         for ratio in acc.get(method, {}):
             k = kept[method][ratio]
-            lines.append(f"| {method} | {ratio} | {acc[method][ratio]:.3f} | {top1[method][ratio]:.3f} | "
-                         f"{kl[method][ratio]:.4f} | {'-' if k is None else f'{k:.3f}'} |")
+            lines.append(f"| {method} | {ratio} | {number(acc[method][ratio])} | {number(top1[method][ratio])} | "
+                         f"{number(kl[method][ratio], 4)} | {'-' if k is None else number(k)} |")
     sp = results.get("spearman")
     if sp:
+        seeds = sp["untrained_per_seed"]
+        spread = f"{number(min(seeds))} to {number(max(seeds))}" if "n/a" not in map(number, seeds) else "n/a"
         lines.append("")
         lines.append(f"Spearman(predictor score, marked saliency), {sp['prompts']} held-out prompts: trained "
-                     f"{sp['trained']:.3f} (per stage {', '.join(f'{v:.3f}' for v in sp['trained_per_stage'])}), "
-                     f"untrained {sp['untrained']:.3f} (mean of {len(sp['untrained_per_seed'])} initialisations: "
-                     f"{min(sp['untrained_per_seed']):.3f} to {max(sp['untrained_per_seed']):.3f})")
+                     f"{number(sp['trained'])} (per stage {', '.join(number(v) for v in sp['trained_per_stage'])}), "
+                     f"untrained {number(sp['untrained'])} (mean of {len(seeds)} initialisations: {spread})")
     return "\n".join(lines)
 
 

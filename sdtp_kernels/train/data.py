@@ -153,16 +153,27 @@ class ExampleReader:
         self.vocab_size, self.max_length, self.text_field = vocab_size, max_length, text_field
 
     def __call__(self, where: str, record) -> Example:
+        return check_trainable(self.read(where, record))
+
+    def read(self, where: str, record) -> Example:
+        """The record's Example, its tokens and fields checked, but not yet whether it has a prompt and a loss
+        (`check_trainable`): `ExampleIndex` first skips what has nothing to prune, an empty record included."""
         example = _example(where, record, self.tokenize, self.vocab_size, self.text_field)
-        example = _truncate(dataclasses.replace(example, source=where), self.max_length)
-        if example.prompt_length == 0:
-            raise ValueError(f"{where}: no prompt token left to prune (answer only, or cut away by max_length)")
-        if all(label == IGNORE_INDEX for label in example.labels[1:]):
-            raise ValueError(
-                f"{where}: no labelled token after the first, so there is no LM loss to compute (the first token is "
-                "never predicted)"
-            )
-        return example
+        return _truncate(dataclasses.replace(example, source=where), self.max_length)
+
+
+def check_trainable(example: Example) -> Example:
+    """`example` if it has a prompt token and a labelled token after the first; raises naming its source if not."""
+    if not example.input_ids:
+        raise ValueError(f"{example.source}: the record holds no token")
+    if example.prompt_length == 0:
+        raise ValueError(f"{example.source}: no prompt token left to prune (answer only, or cut away by max_length)")
+    if all(label == IGNORE_INDEX for label in example.labels[1:]):
+        raise ValueError(
+            f"{example.source}: no labelled token after the first, so there is no LM loss to compute (the first "
+            "token is never predicted)"
+        )
+    return example
 
 
 def collate(examples: Sequence[Example], records: Sequence[int]) -> Batch:

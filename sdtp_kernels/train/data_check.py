@@ -39,6 +39,8 @@ def check_data(model_dir: str, data: str, config: SDTPConfig, max_length: Option
         report["skipped"] = describe_skipped(usable.skipped)
     if batch_size is not None:
         report["batches_per_epoch"] = len(usable) // batch_size
-        if len(usable) < batch_size:
-            report["error"] = f"fewer usable records ({len(usable)}) than one batch ({batch_size})"
+    if not usable:  # marking refuses this too, whatever the batch size
+        report["error"] = "no usable record" + (" (every record skipped)" if usable.skipped else "")
+    elif batch_size is not None and len(usable) < batch_size:
+        report["error"] = f"fewer usable records ({len(usable)}) than one batch ({batch_size})"
     return report

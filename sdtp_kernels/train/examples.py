@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from ..config import SDTPConfig
-from .data import IGNORE_INDEX, TEXT_FIELD, Example, ExampleReader
+from .data import IGNORE_INDEX, TEXT_FIELD, Example, ExampleReader, check_trainable
 from .data_files import RecordFile
 from .schedule import has_prunable_tokens
 
@@ -31,10 +31,11 @@ class ExampleIndex(Sequence):
         self.labelled_tokens = 0  # over the usable examples, the first token of each (never predicted) excluded
         self.skipped: list[str] = []
         for number, where, record in self._file.records():
-            example = self._read(where, record)
-            if not has_prunable_tokens(config, example.prompt_length):
+            example = self._read.read(where, record)
+            if not has_prunable_tokens(config, example.prompt_length):  # before the checks: a 0-token record too
                 self.skipped.append(where)
                 continue
+            check_trainable(example)
             self._numbers.append(number)
             self.lengths.append(len(example.input_ids))
             self.prompt_lengths.append(example.prompt_length)

@@ -53,8 +53,10 @@ class LossOptions:
     def __post_init__(self) -> None:
         if self.task not in TASK_LOSSES:
             raise ValueError(f"the task loss must be one of {TASK_LOSSES}, got {self.task!r}")
-        if self.tau <= 0 or self.rank_pairs < 1:
-            raise ValueError(f"need tau > 0 and rank_pairs >= 1, got tau={self.tau}, rank_pairs={self.rank_pairs}")
+        if not 0 < self.tau < math.inf:
+            raise ValueError(f"tau must be a finite number > 0, got {self.tau}")
+        if self.rank_pairs < 1:
+            raise ValueError(f"rank_pairs must be >= 1, got {self.rank_pairs}")
         for name in ("task_weight", "mse_weight", "rank_weight", "ratio_weight"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
@@ -105,8 +107,10 @@ class TrainOptions:
             raise ValueError("save_every and warmup_steps must be >= 0")
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"max_length must be >= 1 (or None), got {self.max_length}")
-        if not (self.lr > 0 and self.weight_decay >= 0 and self.max_grad_norm >= 0):
-            raise ValueError(f"need lr > 0, weight_decay >= 0 and max_grad_norm >= 0, got lr={self.lr}, "
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (0 <= self.weight_decay < math.inf and self.max_grad_norm >= 0):
+            raise ValueError(f"need a finite weight_decay >= 0 and max_grad_norm >= 0, got "
                              f"weight_decay={self.weight_decay}, max_grad_norm={self.max_grad_norm}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")

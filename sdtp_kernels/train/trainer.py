@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import SDTPConfig
+from ..files import strict_json
 from ..hf.families import family_of
 from ..hf.patch import apply_sdtp, save_sdtp, sdtp_disabled, sdtp_predictors
 from ..predictor_file import TRAIN_OPTIONS_FILE
@@ -79,7 +80,8 @@ def _unpruned_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def _check_marking(marking: SaliencyShards, config: SDTPConfig, stage_layers: list[int], num_records: int,
-                   options: Optional[SaliencyOptions]) -> None:
+                   options: Optional[SaliencyOptions]) -> SaliencyOptions:
+    """The saliency options `marking` was marked with, once it fits this run."""
     marked = SaliencyOptions.from_description(marking.index)
     if options is not None and options != marked:
         raise ValueError(
@@ -98,6 +100,7 @@ def _check_marking(marking: SaliencyShards, config: SDTPConfig, stage_layers: li
         if marked_config.get(name) != getattr(config, name):
             raise ValueError(f"{marking.directory} was marked with {name} = {marked_config.get(name)}, this schedule "
                              f"has {getattr(config, name)}; mark with the same --{name.replace('_', '-')}")
+    return marked
 
 
 def _trim_log(out: str, step: int) -> None:
@@ -122,13 +125,11 @@ def _trim_log(out: str, step: int) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _stop_on_nonfinite(step: int, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor, sources: list[str],
-                       out: str) -> None:
-    values = ", ".join(f"{name} {float(value.detach()):.4g}" for name, value in terms.items())
+def _stop_on_nonfinite(step: int, problem: str, examples: ExampleIndex, records: list[int], out: str) -> None:
+    sources = ", ".join(examples[r].source for r in records)
     where = "the last checkpoint in it is untouched" if os.path.exists(checkpoint_path(out)) else "nothing was saved"
-    raise ValueError(f"step {step}: the training loss or its gradient is not finite ({values}, gradient norm "
-                     f"{float(grad_norm):.4g}); records of this batch: {', '.join(sources)}. Training stopped before "
-                     f"this step changed anything in {out} ({where})")
+    raise ValueError(f"step {step}: {problem}; records of this batch: {sources}. Training stopped before this step "
+                     f"changed anything in {out} ({where})")
 
 
 def train(options: TrainOptions) -> nn.Module:
@@ -160,18 +161,21 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
                             options.max_length, options.text_field)
     if examples.skipped and processes.main:
         tqdm.write(f"sdtp train: skipped {describe_skipped(examples.skipped)}", file=sys.stderr)
-    marking = None
+    marking, saliency_options = None, options.saliency or SaliencyOptions()  # what the predictors learn to follow
     if options.saliency_dir is not None:
         marking = SaliencyShards(options.saliency_dir)
         stage_layers = options.sdtp.stage_layers(len(family_of(model).decoder_layers(model)))
-        _check_marking(marking, options.sdtp, stage_layers, len(examples), options.saliency)
+        saliency_options = _check_marking(marking, options.sdtp, stage_layers, len(examples), options.saliency)
     order = BatchOrder(len(examples), options.batch_size, processes.world, processes.rank, options.seed)
 
     objective = PredictorObjective(model, options.sdtp, predictors, options.loss, normalizer=processes.mean)
     step_fn = DistributedDataParallel(objective) if processes.distributed else objective
     optimizer = torch.optim.AdamW(predictors.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
-        step, options.warmup_steps, options.max_steps, constant=options.lr_schedule == "constant"))
+
+    def schedule(step: int) -> float:
+        return warmup_cosine(step, options.warmup_steps, options.max_steps, constant=options.lr_schedule == "constant")
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     # What fixes the run's computation: a resume must match all of it (only max_steps and save_every may change).
     identity = {
@@ -196,10 +200,12 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
+        for group in optimizer.param_groups:  # the checkpoint's lr follows its --max-steps, which may have changed
+            group["lr"] = group["initial_lr"] * schedule(step)
     if processes.main:
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, TRAIN_OPTIONS_FILE), "w") as f:
-            f.write(options.to_json())
+        with open(os.path.join(out, TRAIN_OPTIONS_FILE), "w") as f:  # eval marks with the saliency options trained on
+            f.write(dataclasses.replace(options, saliency=saliency_options).to_json())
         _trim_log(out, step)
 
     progress = tqdm(total=options.max_steps, initial=step, desc="sdtp train", disable=not processes.main)
@@ -213,7 +219,7 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
             if marking is not None:
                 saliency = batch_saliency(marking, batch)
             else:
-                saliency = token_saliency(model, options.sdtp, batch, options.saliency or SaliencyOptions())
+                saliency = token_saliency(model, options.sdtp, batch, saliency_options)
             teacher = _unpruned_logits(model, batch) if options.loss.task == "kl" else None
             terms = step_fn(batch, saliency, teacher, _generators(options.seed, step, records, device))
 
@@ -224,9 +230,15 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 predictors.parameters(), options.max_grad_norm if options.max_grad_norm > 0 else math.inf)
             if not processes.all_finite(torch.stack([terms["loss"].detach().float(), grad_norm.float()])):
-                _stop_on_nonfinite(step + 1, terms, grad_norm, [examples[r].source for r in records], out)
-            lr = scheduler.get_last_lr()[0]  # what this step uses
+                values = ", ".join(f"{name} {float(value.detach()):.4g}" for name, value in terms.items())
+                _stop_on_nonfinite(step + 1, f"the training loss or its gradient is not finite ({values}, gradient "
+                                   f"norm {float(grad_norm):.4g})", examples, records, out)
+            lr = optimizer.param_groups[0]["lr"]  # what this step uses
             optimizer.step()
+            # Finite gradients can still overflow the weights (a huge learning rate): checked before a checkpoint.
+            if not processes.all_finite(torch.stack([p.detach().abs().amax() for p in predictors.parameters()])):
+                _stop_on_nonfinite(step + 1, f"the optimiser step made predictor weights not finite (learning rate "
+                                   f"{lr:.4g})", examples, records, out)
             scheduler.step()
             step += 1
 
@@ -241,7 +253,7 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
             recent_gap = (recent_gap + [metrics["kept"] - metrics["kept_target"]])[-KEPT_GAP_STEPS:]
             if processes.main:
                 with open(os.path.join(out, LOG_FILE), "a") as f:
-                    f.write(json.dumps({"step": step, "lr": lr, **metrics, **measured}) + "\n")
+                    f.write(strict_json({"step": step, "lr": lr, **metrics, **measured}) + "\n")
                 if step == options.max_steps or (options.save_every and step % options.save_every == 0):
                     save_checkpoint(out, {
                         "identity": identity,

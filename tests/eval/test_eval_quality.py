@@ -13,7 +13,9 @@ from python_ref.select_tokens import protected_mask
 from sdtp_kernels.eval.cli import add_commands
 from sdtp_kernels.eval.marking import mark_prompts
 from sdtp_kernels.eval.prompts import check_vocabulary, file_prompts
+from sdtp_kernels.eval.report import format_table
 from sdtp_kernels.eval.statistics import spearman
+from sdtp_kernels.files import strict_json
 from sdtp_kernels.hf import apply_sdtp, key_positions, remove_sdtp, save_sdtp, set_scorer
 from sdtp_kernels.hf.model_call import output_cache
 
@@ -154,7 +156,7 @@ def test_marking_labels_the_prompts_own_labelled_tokens_as_training_does(tmp_pat
     assert not torch.allclose(marked.saliency, unlabelled.saliency)
 
 
-@pytest.mark.parametrize("labels", [[2], [2, 3.5, -100], [2, None, 3], [-101, 2, 3]])
+@pytest.mark.parametrize("labels", [[2], [2, 3.5, -100], [2, None, 3], [-101, 2, 3], [2, -5, 3], [2, True, 3]])
 def test_file_prompts_checks_labels(tmp_path, labels):
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps({"input_ids": [1, 2, 3], "answer": 4, "labels": labels}) + "\n")
@@ -180,10 +182,31 @@ def test_tokens_outside_the_vocabulary_are_refused_naming_the_line(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps({"input_ids": [1, 2, 3], "answer": 4}) + "\n"
                     + json.dumps({"input_ids": [1, VOCAB, 3], "answer": 4}) + "\n")
+    path.write_text(path.read_text() + json.dumps({"input_ids": [1, 2, 3], "answer": 4, "labels": [-100, VOCAB, 2]}))
     prompts = file_prompts(str(path))
     check_vocabulary(prompts[:1], VOCAB)
     with pytest.raises(ValueError, match=f"data.jsonl line 2: token id {VOCAB} is outside the model's vocabulary"):
         check_vocabulary(prompts, VOCAB)
+    with pytest.raises(ValueError, match=f"data.jsonl line 3: label {VOCAB} is outside the model's vocabulary"):
+        check_vocabulary(prompts[::2], VOCAB)
+
+
+def test_undefined_results_are_null_in_the_json_and_n_a_in_the_table():
+    nan = float("nan")
+    results = {
+        "accuracy": {"none": nan, "sdtp": {"0.5": 1.0}},
+        "agreement": {"top1": {"sdtp": {"0.5": nan}}, "kl": {"sdtp": {"0.5": float("inf")}}},
+        "answer_kept": {"sdtp": {"0.5": None}},  # no answer position: not measured
+        "spearman": {"prompts": 2, "trained": nan, "trained_per_stage": [nan, 0.5], "untrained": 0.25,
+                     "untrained_per_seed": [nan, 0.25]},
+    }
+    written = json.loads(strict_json(results, indent=2))
+    assert written["accuracy"]["none"] is None and written["agreement"]["kl"]["sdtp"]["0.5"] is None
+    assert written["spearman"]["trained_per_stage"] == [None, 0.5]
+    table = format_table(results)
+    assert format_table(written) == table and "nan" not in table and "inf" not in table
+    assert "| none | 1.0 | n/a |" in table and "| sdtp | 0.5 | 1.000 | n/a | n/a | - |" in table
+    assert "trained n/a (per stage n/a, 0.500), untrained 0.250 (mean of 2 initialisations: n/a)" in table
 
 
 def test_untrained_seeds_must_be_positive():

@@ -45,6 +45,8 @@ def test_token_id_records(tmp_path):
         ({"input_ids": [1, 99]}, "line 2: `input_ids` holds 99, outside the model's vocabulary"),
         ({"input_ids": [1, 2], "labels": [1]}, "line 2: `labels` has 1 entries for 2 `input_ids`"),
         ({"input_ids": [1, 2], "labels": [2, IGNORE_INDEX]}, "line 2: no labelled token after the first"),
+        ({"input_ids": []}, "line 2: the record holds no token"),
+        ({"input_ids": [], "answer": [3]}, r"line 2: no prompt token left to prune \(answer only"),
         ({"prompt": "a"}, "line 2: a `prompt` record needs a `response`"),
         ({"text": "hello"}, "line 2 holds text, but no tokenizer could be loaded from"),
     ],

@@ -45,6 +45,13 @@ def test_the_index_gives_the_streamed_examples_in_order_and_names_the_skipped(tm
         index[3]
 
 
+def test_records_of_no_or_one_token_are_skipped_like_other_unprunable_ones(tmp_path):
+    short = [{"input_ids": []}, {"input_ids": [5]}, {"input_ids": [], "answer": [4]}, {"input_ids": [5, 6]}]
+    path = _write(tmp_path / "d.jsonl", RECORDS[:1] + short)
+    index = ExampleIndex(path, str(tmp_path), 10, PRUNING)
+    assert len(index) == 1 and index.skipped == [f"{path} line {n}" for n in range(3, 7)]
+
+
 def test_a_bad_record_is_named_by_its_line(tmp_path):
     path = _write(tmp_path / "d.jsonl", RECORDS[:1] + [{"input_ids": [1, 99]}])
     with pytest.raises(ValueError, match=r"d.jsonl line 3: `input_ids` holds 99"):

@@ -1,6 +1,6 @@
 """Training and marking never write what they cannot stand behind: records with nothing to prune are skipped and
-listed, a non-finite loss stops the run before it changes anything, an empty marking is an error, --dry-run checks a
-data file in seconds, and a wrong --model path is one line naming it."""
+listed, a non-finite loss or weight stops the run before it changes anything, an empty marking is an error, --dry-run
+checks a data file in seconds, and a wrong --model path is one line naming it."""
 import json
 import os
 
@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import sdtp_kernels.train.objective as objective
 from sdtp_kernels.cli import main
+from sdtp_kernels.train.summary import summarize
 
 COMMON = ["--start-layer", "2", "--layer-step", "2", "--num-sink", "2"]
 
@@ -71,6 +72,36 @@ def test_a_finite_loss_with_an_infinite_gradient_stops_too(workdir, tmp_path, mo
     assert not (out / "checkpoint.pt").exists()
 
 
+def test_weights_the_optimiser_makes_non_finite_stop_before_a_checkpoint(workdir, tmp_path, monkeypatch, capsys):
+    step = torch.optim.AdamW.step
+
+    def poisoned(self, *args, **kwargs):
+        result = step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned)
+    out = tmp_path / "out"
+    assert main(["train", *_args(workdir, "--out", str(out), "--max-steps", "1", "--batch-size", "4")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "step 1: the optimiser step made predictor weights not finite (learning rate 0.001)" in error
+    assert "data.jsonl line" in error and "nothing was saved" in error and not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("flag, value, name", [("--lr", "inf", "lr"), ("--tau", "nan", "tau")])
+def test_a_non_finite_lr_or_tau_is_refused_by_name(workdir, tmp_path, capsys, flag, value, name):
+    assert main(["train", *_args(workdir, "--out", str(tmp_path / "o"), flag, value)]) == 2
+    assert f"{name} must be a finite number > 0, got {value}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_summary_of_a_log_with_null_values():
+    """A non-finite value is logged as null (strict JSON); the means skip it."""
+    log = [{"step": 1, "loss": 1.0, "tokens_per_s": None}, {"step": 2, "loss": None, "tokens_per_s": None}]
+    assert summarize(log)["mean_last_2"] == {"loss": 1.0, "tokens_per_s": None}
+
+
 def test_marking_no_record_is_an_error(workdir, tmp_path, capsys):
     (tmp_path / "empty.jsonl").write_text("")
     args = ["--model", str(workdir / "model"), "--data", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "m")]
@@ -94,6 +125,17 @@ def test_dry_run_reports_the_data_without_training(workdir, tmp_path, capsys):
     assert 20 <= report["prompt_tokens_per_record"]["min"] and not out.exists()
     assert main(["train", *_args(workdir, "--out", str(out), "--batch-size", "32", "--dry-run")]) == 2
     assert "fewer usable records (15) than one batch (32)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["mark", "train"])  # mark's dry run has no batch size to fall short of
+def test_dry_run_of_data_with_no_usable_record_is_an_error(workdir, tmp_path, capsys, command):
+    data = tmp_path / "short.jsonl"
+    data.write_text('{"input_ids": []}\n{"input_ids": [5]}\n{"input_ids": [5, 6]}\n')
+    args = ["--model", str(workdir / "model"), "--data", str(data), *COMMON, "--out", str(tmp_path / "o")]
+    assert main([command, *args, "--batch-size", "1", "--dry-run"]) == 2
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["skipped_records"] == [f"{data} line {n}" for n in (1, 2, 3)]
+    assert "short.jsonl: no usable record (every record skipped)" in printed.err
 
 
 @pytest.mark.parametrize("command", ["mark", "train", "eval"])

@@ -15,8 +15,10 @@ from safetensors.torch import load_file
 import sdtp_kernels.train.trainer as trainer
 from sdtp_kernels.cli import main
 from sdtp_kernels.hf import apply_sdtp, sdtp_predictors
+from sdtp_kernels.predictor_file import read_predictors
 from sdtp_kernels.train.checkpoint import load_checkpoint, save_checkpoint
 from sdtp_kernels.train.data import collate, read_examples
+from sdtp_kernels.train.lr import warmup_cosine
 from sdtp_kernels.train.objective import PredictorObjective
 from sdtp_kernels.train.options import LossOptions, TrainOptions
 from sdtp_kernels.train.processes import MEASURED_FIELDS
@@ -102,6 +104,13 @@ def test_resume_continues_exactly(workdir, tmp_path, monkeypatch):
     assert _log(straight) == _log(resumed)
     state = torch.load(resumed / "checkpoint.pt", weights_only=True)
     assert state["step"] == 4 and state["data_position"] == {"epoch": 1, "batch": 0}
+
+
+def test_a_resume_with_more_steps_follows_the_longer_schedule(workdir, tmp_path):
+    out = tmp_path / "out"
+    trainer.train(_options(workdir, out, max_steps=1))  # its cosine ends at lr 0
+    trainer.train(_options(workdir, out, max_steps=2, resume=True))
+    assert [line["lr"] for line in _log(out)] == [1e-2, 1e-2 * warmup_cosine(1, 0, 2)] == [1e-2, 5e-3]
 
 
 def _refuses_another_model_or_data(workdir, resumed):
@@ -196,6 +205,10 @@ def test_cli_mark_then_train(workdir, tmp_path, capsys):
     other_sinks = ["--out", str(tmp_path / "z"), "--saliency", str(tmp_path / "marks"), "--num-sink", "6"]
     assert _sdtp("train", *train, *other_sinks) == 2
     assert "was marked with num_sink = 2, this schedule has 6" in capsys.readouterr().err
+    # Trained on a marking without repeating its options: what eval should mark with is the marking's own.
+    assert _sdtp("mark", *common, "--out", str(tmp_path / "abs"), "--absolute", "--normalization", "maxabs") == 0
+    assert _sdtp("train", *train, "--out", str(tmp_path / "on_abs"), "--saliency", str(tmp_path / "abs")) == 0
+    assert read_predictors(tmp_path / "on_abs").saliency_options() == {"absolute": True, "normalization": "maxabs"}
     with open(tmp_path / "bad.jsonl", "w") as f:
         f.write('{"input_ids": [1, 2]}\n{"tokens": [1, 2]}\n')
     assert _sdtp("mark", "--model", str(workdir / "model"), "--data", str(tmp_path / "bad.jsonl"),
