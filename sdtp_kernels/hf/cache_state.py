@@ -2,8 +2,9 @@
 object itself, so it lives and dies with the generation that filled it."""
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -25,16 +26,60 @@ class PrunedCacheState:
         return cls([], [None] * (num_stages + 1), [])
 
 
+def _layer(cache: Any, index: int) -> Any:
+    layers = getattr(cache, "layers", None)
+    return layers[index] if layers is not None and index < len(layers) else None
+
+
 def cached_keys(cache: Any, index: int) -> int:
     """Keys that layer `index` of a DynamicCache holds before the forward in flight adds its own: every token it
     saw, or for a sliding-window layer only the last window - 1 (the attention then sees those plus the new ones)."""
-    layers = getattr(cache, "layers", None)
-    keys = getattr(layers[index], "keys", None) if layers is not None and index < len(layers) else None
+    keys = getattr(_layer(cache, index), "keys", None)
     return 0 if not isinstance(keys, torch.Tensor) or keys.dim() < 2 else keys.shape[-2]
 
 
+def seen_keys(cache: Any, index: int) -> int:
+    """Keys that layer `index` of a DynamicCache was given so far: those it holds, or for a sliding-window layer,
+    which drops the oldest, its `cumulative_length` (transformers 5.17 and 5.24)."""
+    seen = getattr(_layer(cache, index), "cumulative_length", None)
+    return cached_keys(cache, index) if seen is None else int(seen)
+
+
+# The cache's methods that select, reorder or repeat its batch rows (beam search, contrastive search), and the same
+# operation on a [B, keys] tensor of slots: a row's slots must follow its keys.
+_ROW_OPERATIONS: dict[str, Callable[[torch.Tensor, Any], torch.Tensor]] = {
+    "reorder_cache": lambda slots, beam_idx: slots.index_select(0, beam_idx.to(slots.device)),
+    "batch_select_indices": lambda slots, indices: slots[indices],
+    "batch_repeat_interleave": lambda slots, repeats: slots.repeat_interleave(repeats, 0),
+}
+
+
+class _RowsFollow:
+    """`cache.<name>(argument)`, then the same operation on the rows of the cache's slots. It holds the cache weakly
+    (a reference cycle would keep the cache's tensors until the collector runs) and a deep copy of the cache gets one
+    of its own."""
+
+    def __init__(self, cache: Any, name: str):
+        self._cache, self._name = weakref.ref(cache), name
+
+    def __call__(self, argument: Any) -> None:
+        cache = self._cache()
+        getattr(type(cache), self._name)(cache, argument)
+        state = state_of(cache)
+        if state is not None:
+            state.key_slots = [_ROW_OPERATIONS[self._name](slots, argument) for slots in state.key_slots]
+
+    def __deepcopy__(self, memo: dict) -> "_RowsFollow":
+        cache = self._cache()
+        return _RowsFollow(memo.get(id(cache), cache), self._name)  # the cache's copy, made before its attributes
+
+
 def attach(cache: Any, state: PrunedCacheState) -> None:
+    """Keep `state` on `cache`, and make the cache's row operations apply to its slots too."""
     setattr(cache, _ATTRIBUTE, state)
+    for name in _ROW_OPERATIONS:
+        if name not in vars(cache) and hasattr(type(cache), name):
+            setattr(cache, name, _RowsFollow(cache, name))
 
 
 def state_of(cache: Any) -> Optional[PrunedCacheState]:

@@ -116,7 +116,7 @@ class MaskedPruning:
         call = ModelCall(base)
 
         def remember_padding(module, args, kwargs):
-            self._padding_mask = call.inputs(args, kwargs)[0]
+            self._padding_mask = call.inputs(args, kwargs, pruning=True)[0]  # it reads the cache as SDTP does
 
         self._stack.enter_context(base.register_forward_pre_hook(remember_padding, with_kwargs=True))
         layers = self.family.decoder_layers(self.model)

@@ -39,13 +39,18 @@ class ModelCall:
     def cache(argument: Callable[[str], Any]) -> Any:
         return argument("cache") if argument("cache") is not None else argument("past_key_values")
 
-    def inputs(self, args: tuple, kwargs: dict) -> tuple[Optional[torch.Tensor], Any]:
-        """(attention_mask as a [batch, tokens] bool tensor or None, cache or None)."""
+    def inputs(self, args: tuple, kwargs: dict, pruning: bool) -> tuple[Optional[torch.Tensor], Any]:
+        """(attention_mask as a [batch, tokens] bool tensor or None, cache or None); `pruning`: SDTP is enabled."""
         argument = self.arguments(args, kwargs)
         cache = self.cache(argument)
         if cache is not None and not _is_dynamic(cache):
             # Fixed-size caches give every layer the same length; a pruned layer's is shorter.
-            raise NotImplementedError(f"SDTP needs a DynamicCache (the default), got a {type(cache).__name__}")
+            if pruning:
+                raise NotImplementedError(f"SDTP needs a DynamicCache (the default), got a {type(cache).__name__}; "
+                                          "a fixed-size cache serves inside `with sdtp_disabled(model):`")
+            # Filled with pruning off, it holds no pruned layer: its forwards need no padding mask (generate gives a
+            # StaticCache a 4D one).
+            return None, cache
         mask = argument("attention_mask")
         if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
             shape = f" of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else ""

@@ -15,7 +15,7 @@ from .. import ops
 from ..config import SDTPConfig
 from ..devices import to_device
 from ..predictor import SaliencyPredictor
-from .cache_state import PrunedCacheState, attach, cached_keys, state_of
+from .cache_state import PrunedCacheState, attach, cached_keys, seen_keys, state_of
 from .families import gather_rows
 from .masks import format_mask, slot_mask
 from .model_call import ModelCall
@@ -46,10 +46,12 @@ class _Plan:
 class _Forward:
     """One call of the base model: its padding mask, and the tensors its pruned layers share."""
 
-    def __init__(self, runtime: "SDTPRuntime", padding_mask: Optional[torch.Tensor], past_length: int):
+    def __init__(self, runtime: "SDTPRuntime", padding_mask: Optional[torch.Tensor], past_length: int,
+                 positional: Optional[str]):
         self.runtime = runtime
         self.padding_mask = padding_mask
         self.past_length = past_length
+        self.positional = positional  # an argument of the call that a pruning prefill refuses (_POSITIONAL)
         # A pruning prefill's one host read, the rows' prompt lengths, is taken here, before the model queues any
         # work of this forward: taken at the first stage, it would wait for the layers before it.
         self.real_lengths: Optional[list[int]] = None
@@ -75,9 +77,11 @@ class _Forward:
         total = self.state.key_slots[group].shape[1]
         cache = self.runtime.family.layer_cache(kwargs)
         held = None if cache is None else cached_keys(cache, layer.index)
-        if held is not None and layer.window is None and held + hidden.shape[1] != total:
+        # Every layer, sliding-window ones too, must have been given the keys of its token set, no more, no fewer.
+        seen = None if cache is None else seen_keys(cache, layer.index)
+        if seen is not None and seen + hidden.shape[1] != total:
             raise RuntimeError(
-                f"SDTP: decoder layer {layer.index}'s KV cache holds {held} keys, but the tokens it was given hold "
+                f"SDTP: decoder layer {layer.index}'s KV cache was given {seen} keys, but the tokens it was given hold "
                 f"{total - hidden.shape[1]}: the cache was changed outside SDTP's forwards. Assisted and prompt-lookup "
                 "decoding crop the cache by position, which a pruned layer's compacted cache cannot follow; generate "
                 "with plain greedy, sampling or beam search")
@@ -95,6 +99,8 @@ class _Forward:
         if self.past_length == 0:
             if run.enabled:
                 self.plan = _Plan(run.config, self._prompt_lengths(batch, length), run.tails(batch), run.num_stages)
+                if self.positional is not None and any(self.plan.active):
+                    raise ValueError(_POSITIONAL[self.positional])
             # Also when pruning is off: a reused cache must not keep the token sets of an earlier prompt.
             self.state = PrunedCacheState.unpruned(run.num_stages)
             if cache is not None:
@@ -126,7 +132,7 @@ class _Forward:
         with torch.profiler.record_function("sdtp.prune"):
             current = None if previous is None else state.key_slots[previous]
             valid = self.padding_mask if current is None else current >= 0
-            scores = self.runtime.scorer.score(stage, hidden, predictor)
+            scores = self.runtime.scorer.score(stage, hidden, predictor, valid)
             if scores.shape != hidden.shape[:2]:  # a scorer is user code; the ops below trust their indices (§3.4)
                 raise ValueError(f"SDTP: scorer '{self.runtime.scorer.name}' returned scores of shape "
                                  f"{tuple(scores.shape)} at stage {stage}; expected one per token, "
@@ -177,6 +183,18 @@ class _Forward:
             return {"attention_mask": mask, **run.family.position_kwargs(kwargs, queries, keys)}
 
 
+# A pruning prefill has logits only for the tokens that reach the last layer, right-aligned: no loss over every
+# position, and no logits picked by position. A prefill that prunes nothing (keep_ratio = 1.0, a short prompt) serves
+# both.
+_POSITIONAL = {
+    "labels": "SDTP prunes the prefill, so its logits cover only the tokens that reach the last layer and labels= "
+              "(a loss over every position) cannot be computed from them; compute the loss inside "
+              "`with sdtp_disabled(model):`, or from the returned logits of the kept tokens",
+    "logits_to_keep": "SDTP prunes the prefill, so a tensor logits_to_keep (positions of the prompt) would index the "
+                      "kept tokens instead; pass an int (the last that many, e.g. 1), or run inside "
+                      "`with sdtp_disabled(model):`",
+}
+
 # The model each bound scorer serves (a scorer's hooks and captured state belong to one model), by the scorer's id:
 # a scorer need not be hashable. While its model lives, the model holds the scorer, so the id is not reused.
 _SCORER_OWNERS: dict[int, weakref.ref] = {}
@@ -201,8 +219,11 @@ class SDTPRuntime:
         base = family.base_model(model)
         self._call = ModelCall(base)
         self._top_call = ModelCall(model)
+        self._positional: Optional[str] = None  # set by the model's pre-hook, taken by the next _Forward
+        if hasattr(type(model), "_prefill"):  # how generate prefills (transformers 5.17 to 5.24)
+            model._prefill = self._refuse_chunked_prefill
         self._hooks = [
-            model.register_forward_pre_hook(self._refuse_positional_outputs, with_kwargs=True),
+            model.register_forward_pre_hook(self._note_positional_outputs, with_kwargs=True),
             base.register_forward_pre_hook(self._begin, with_kwargs=True),
             base.register_forward_hook(self._end, always_call=True),
         ]
@@ -227,6 +248,7 @@ class SDTPRuntime:
     def close(self) -> None:
         for hook in self._hooks:
             hook.remove()
+        vars(self._model).pop("_prefill", None)
         self._unbind(self.scorer)
         self.forward = None
 
@@ -252,31 +274,27 @@ class SDTPRuntime:
             return hidden, kwargs
         return self.forward.layer_inputs(layer, hidden, kwargs)
 
-    def _refuse_positional_outputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """A pruned prefill has logits only for the tokens that reach the last layer, right-aligned: no loss over every
-        position, and no logits picked by position."""
+    def _note_positional_outputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Which argument of this call a pruning prefill refuses; refused once its plan is known (_Forward._start)."""
         argument = self._top_call.arguments(args, kwargs)
-        labels, picked = argument("labels"), isinstance(argument("logits_to_keep"), torch.Tensor)
-        if not self.enabled or (labels is None and not picked):
-            return
-        cache = ModelCall.cache(argument)
-        if cache is not None and cache.get_seq_length() > 0:
-            return
-        if labels is not None:
-            raise ValueError(
-                "SDTP prunes the prefill, so its logits cover only the tokens that reach the last layer and labels= "
-                "(a loss over every position) cannot be computed from them; compute the loss inside "
-                "`with sdtp_disabled(model):`, or from the returned logits of the kept tokens"
-            )
-        raise ValueError(
-            "SDTP prunes the prefill, so a tensor logits_to_keep (positions of the prompt) would index the kept tokens "
-            "instead; pass an int (the last that many, e.g. 1), or run inside `with sdtp_disabled(model):`"
-        )
+        self._positional = ("labels" if argument("labels") is not None
+                            else "logits_to_keep" if isinstance(argument("logits_to_keep"), torch.Tensor) else None)
+
+    def _refuse_chunked_prefill(self, input_ids: torch.Tensor, generation_config: Any, *args, **kwargs):
+        """generate's prefill (transformers' `_prefill`), refused when split into chunks: SDTP prunes a prefill in one
+        forward, and every chunk after the first would run as a continuation, unpruned."""
+        if self.enabled and getattr(generation_config, "prefill_chunk_size", None) is not None:
+            raise NotImplementedError(
+                "SDTP prunes the prompt in one forward, but generate(prefill_chunk_size=...) splits it, and the chunks "
+                "after the first would run unpruned; leave prefill_chunk_size unset, or generate inside "
+                "`with sdtp_disabled(model):`")
+        return type(self._model)._prefill(self._model, input_ids, generation_config, *args, **kwargs)
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        padding_mask, cache = self._call.inputs(args, kwargs)
+        padding_mask, cache = self._call.inputs(args, kwargs, self.enabled)
         past = cache.get_seq_length() if cache is not None else 0
-        self.forward = _Forward(self, padding_mask, past)
+        self.forward = _Forward(self, padding_mask, past, self._positional)
+        self._positional = None
 
     def _end(self, module: nn.Module, args: tuple, output: Any) -> None:
         self.forward = None

@@ -1,7 +1,11 @@
 """The transformers integration against the unpatched model and the masked simulation with python_ref's ops, on tiny
 seeded models of every supported family (fp32, 8 layers, three pruning stages)."""
+import copy
 import dataclasses
+import gc
+import inspect
 import json
+import weakref
 
 import pytest
 import torch
@@ -128,6 +132,37 @@ def test_sampling_and_beam_search_equal_the_masked_simulation(name):
         assert torch.equal(got, expected), kwargs
 
 
+def test_row_operations_on_the_cache_move_each_rows_kept_tokens():
+    """Beam search reorders the cache's rows between steps (reorder_cache), contrastive search selects and repeats
+    them: each row's kept-token columns go with its keys. With the random scorer two equal prompts keep different
+    tokens, so a swap shows."""
+    model = apply_sdtp(tiny_model("llama"), PRUNING, scorer="random")
+    ids = prompts(batch=1)[0].expand(2, -1)
+    token = torch.tensor([[5], [5]])
+    with torch.no_grad():
+        cache = output_cache(model(ids, use_cache=True))
+        kept = key_positions(cache)
+        assert not torch.equal(kept[0][0], kept[0][1])
+        swapped, picked, repeated = (copy.deepcopy(cache) for _ in range(3))  # a copy's slots follow the copy's rows
+        swapped.reorder_cache(torch.tensor([1, 0]))
+        picked.batch_select_indices(torch.tensor([1]))
+        repeated.batch_repeat_interleave(2)
+        for cache_after, rows in ((swapped, [1, 0]), (picked, [1]), (repeated, [0, 0, 1, 1])):
+            assert all(torch.equal(a, k[rows]) for a, k in zip(key_positions(cache_after), kept))
+        # transformers 5.24 names the cache argument `cache`, 5.17 `past_key_values`
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        logits = model(token, **{name: cache}).logits[:, -1]
+        torch.testing.assert_close(model(token, **{name: swapped}).logits[:, -1], logits[[1, 0]])
+        torch.testing.assert_close(model(token[:1], **{name: picked}).logits[:, -1], logits[[1]])
+    gone = weakref.ref(cache)
+    gc.disable()  # no reference cycle: the cache's tensors go with its last reference
+    try:
+        del cache
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("name", ["llama", "bloom"])
 def test_forward_without_cache_equals_the_masked_simulation(name):
     model = apply_sdtp(tiny_model(name), PRUNING)
@@ -207,6 +242,8 @@ def test_unsupported_models_and_settings_raise_clear_errors():
         model(ids, attention_mask=torch.ones(2, 1, PROMPT, PROMPT))
     with pytest.raises(NotImplementedError, match="needs a DynamicCache .*, got a StaticCache"):
         greedy(model, ids, None, cache_implementation="static")
+    with sdtp_disabled(model):  # nothing pruned: a fixed-size cache serves
+        assert torch.equal(greedy(model, ids, None, cache_implementation="static"), greedy(model, ids, None))
     with pytest.raises(ValueError, match="has no SDTP"):
         remove_sdtp(tiny_model("llama"))
 
@@ -217,7 +254,12 @@ def test_labels_under_pruning_raise_a_clear_error_and_work_unpruned():
     with pytest.raises(ValueError, match="labels= .* cannot be computed .* sdtp_disabled"), torch.no_grad():
         model(ids, attention_mask=mask, labels=ids)
     with sdtp_disabled(model), torch.no_grad():
-        assert torch.isfinite(model(ids, attention_mask=mask, labels=ids).loss)
+        loss = model(ids, attention_mask=mask, labels=ids).loss
+        assert torch.isfinite(loss)
+    # A prefill that prunes nothing (keep_ratio = 1.0) has every position's logits.
+    keep_all = apply_sdtp(tiny_model("llama"), PRUNING.replace(keep_ratio=1.0))
+    with torch.no_grad():
+        torch.testing.assert_close(keep_all(ids, attention_mask=mask, labels=ids).loss, loss)
 
 
 def test_predictor_files_with_nan_are_refused(tmp_path):
@@ -244,7 +286,7 @@ def test_a_scorer_returning_the_wrong_shape_is_refused():
     class Extra(Scorer):
         name = "extra"
 
-        def score(self, stage, hidden, predictor):
+        def score(self, stage, hidden, predictor, valid):
             return torch.zeros(hidden.shape[0], hidden.shape[1] + 16)
 
     model = apply_sdtp(tiny_model("llama"), PRUNING)

@@ -1,6 +1,7 @@
 """What users do that the pruned forward must serve right or refuse with a clear error: no local tokens, decoding
-strategies that crop the cache, numpy settings, quantized layers, scorers moved between models, tensor arguments
-where positions would index the kept tokens."""
+strategies that crop the cache, a chunked prefill, numpy settings, quantized layers, scorers moved between models,
+deep copies, tensor arguments where positions would index the kept tokens."""
+import copy
 import dataclasses
 import gc
 
@@ -10,8 +11,8 @@ import torch
 from hf_tiny import PROMPT, PRUNING, prompts, tiny_model
 
 from sdtp_kernels.config import SDTPConfig
-from sdtp_kernels.hf import (apply_sdtp, key_positions, make_scorer, protected_tail, remove_sdtp, sdtp_predictors,
-                             set_scorer)
+from sdtp_kernels.hf import (apply_sdtp, key_positions, make_scorer, protected_tail, remove_sdtp, sdtp_disabled,
+                             sdtp_predictors, set_scorer)
 from sdtp_kernels.hf.model_call import output_cache
 from sdtp_kernels.hf.scorers import Scorer
 
@@ -28,17 +29,32 @@ def test_the_last_prompt_token_survives_every_stage_without_local_tokens():
         assert kept[:, -1].tolist() == [PROMPT - 1] * ids.shape[0]
 
 
+@pytest.mark.parametrize("name", ["llama", "mistral"])  # Mistral: every layer slides (a 4096-token window)
 @pytest.mark.parametrize("strategy", [dict(prompt_lookup_num_tokens=4), dict(assistant_model="llama")])
-def test_decoding_that_crops_the_cache_is_refused(strategy):
+def test_decoding_that_crops_the_cache_is_refused(strategy, name):
     """Assisted and prompt-lookup decoding crop the cache by position; a pruned layer's cache is compacted, so the
-    next forward finds it out of step with its token set and says so (not silently other tokens)."""
-    model = apply_sdtp(tiny_model("llama", "sdpa"), PRUNING)
+    next forward finds it out of step with its token set and says so (not silently other tokens), sliding-window
+    layers included."""
+    model = apply_sdtp(tiny_model(name, "sdpa"), PRUNING)
     ids, _ = prompts(batch=1)
     ids = torch.cat([ids[:, :20], ids[:, :20]], 1)  # repeated n-grams: prompt lookup finds candidates
     if "assistant_model" in strategy:
         strategy = dict(assistant_model=tiny_model("llama", "sdpa", seed=5))
     with pytest.raises(RuntimeError, match="changed outside SDTP's forwards"), torch.no_grad():
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False, **strategy)
+
+
+def test_a_chunked_prefill_is_refused_while_pruning():
+    """Chunks after the first would run as a continuation, unpruned."""
+    model = apply_sdtp(tiny_model("llama", "sdpa"), PRUNING)
+    ids, mask = prompts()
+    with pytest.raises(NotImplementedError, match="prefill_chunk_size"), torch.no_grad():
+        model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False, prefill_chunk_size=16)
+    with sdtp_disabled(model), torch.no_grad():
+        chunked = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, prefill_chunk_size=16)
+        assert torch.equal(chunked, model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False))
+    remove_sdtp(model)
+    assert "_prefill" not in vars(model)
 
 
 def test_numpy_numbers_configure_like_python_ones():
@@ -84,8 +100,23 @@ class _LengthScorer(Scorer):
     name = "length"
     scale: float = 1.0
 
-    def score(self, stage, hidden, predictor):
+    def score(self, stage, hidden, predictor, valid):
         return self.scale * hidden.float().norm(dim=-1)
+
+
+@pytest.mark.parametrize("scorer", ["predictor", "attention"])
+def test_a_deep_copy_of_a_patched_model_prunes_on_its_own(scorer):
+    """The copy's hooks are the copy's: its attention maps reach its own scorer, and removing SDTP from it leaves the
+    original patched."""
+    model = apply_sdtp(tiny_model("llama"), PRUNING, scorer=scorer)
+    ids, mask = prompts()
+    with torch.no_grad():
+        expected = model(ids, attention_mask=mask).logits
+        twin = copy.deepcopy(model)
+        torch.testing.assert_close(twin(ids, attention_mask=mask).logits, expected, atol=0, rtol=0)
+        remove_sdtp(twin)
+        assert twin(ids, attention_mask=mask).logits.shape[1] == PROMPT
+        torch.testing.assert_close(model(ids, attention_mask=mask).logits, expected, atol=0, rtol=0)
 
 
 def test_a_scorer_need_not_be_hashable_and_is_free_once_its_model_is_dropped():

@@ -44,6 +44,18 @@ def test_tail_logits_equal_the_masked_simulation_on_right_padded_rows(name, attn
                                    atol=2e-5, rtol=1e-4)
 
 
+def test_attention_scorer_ranks_a_right_padded_row_by_its_last_real_token():
+    """Not by the attention of the pad in its last column: the row keeps at every stage what it keeps alone."""
+    model = apply_sdtp(tiny_model("llama", "eager"), PRUNING, scorer="attention")
+    ids, mask = _right_padded()
+    real = int(mask[1].sum())
+    with torch.no_grad():
+        batch = key_positions(output_cache(model(ids, attention_mask=mask, use_cache=True)))
+        alone = key_positions(output_cache(model(ids[1:, :real], use_cache=True)))
+    for stage, (padded, single) in enumerate(zip(batch, alone), start=1):
+        assert padded[1][padded[1] >= 0].tolist() == single[0].tolist(), stage
+
+
 def test_tail_count_must_match_the_batch_and_be_non_negative():
     model = apply_sdtp(tiny_model("llama"), PRUNING)
     ids, mask = prompts(2)

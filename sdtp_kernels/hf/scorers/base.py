@@ -24,7 +24,9 @@ class Scorer:
     def unbind(self) -> None:
         pass
 
-    def score(self, stage: int, hidden: torch.Tensor, predictor: Optional[SaliencyPredictor]) -> torch.Tensor:
+    def score(self, stage: int, hidden: torch.Tensor, predictor: Optional[SaliencyPredictor],
+              valid: Optional[torch.Tensor]) -> torch.Tensor:
         """[B, N] float32 scores of the tokens of `hidden` [B, N, D] at stage `stage` (1-based); `predictor` is that
-        stage's trained predictor."""
+        stage's trained predictor; `valid` [B, N] bool marks the real tokens (False: padding, or an empty slot of a
+        row that kept fewer), None when all are real. Invalid tokens are never kept, whatever their score."""
         raise NotImplementedError

@@ -12,5 +12,6 @@ from .base import Scorer
 class PredictorScorer(Scorer):
     name = "predictor"
 
-    def score(self, stage: int, hidden: torch.Tensor, predictor: Optional[SaliencyPredictor]) -> torch.Tensor:
+    def score(self, stage: int, hidden: torch.Tensor, predictor: Optional[SaliencyPredictor],
+              valid: Optional[torch.Tensor]) -> torch.Tensor:
         return predictor.score(hidden)

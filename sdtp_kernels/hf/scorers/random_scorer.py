@@ -22,6 +22,7 @@ class RandomScorer(Scorer):
     def bind(self, model: nn.Module, layers: Sequence[nn.Module], stage_layers: Sequence[int]) -> None:
         self._generator.manual_seed(self.seed)
 
-    def score(self, stage: int, hidden: torch.Tensor, predictor: Optional[SaliencyPredictor]) -> torch.Tensor:
+    def score(self, stage: int, hidden: torch.Tensor, predictor: Optional[SaliencyPredictor],
+              valid: Optional[torch.Tensor]) -> torch.Tensor:
         # Drawn on the CPU: the same scores on every device.
         return to_device(torch.rand(hidden.shape[:2], generator=self._generator), hidden.device)
