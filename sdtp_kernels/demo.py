@@ -114,11 +114,17 @@ def run_demo(model_dir: Path, predictors: Path | None, device: str, batch: int, 
     width, stages = config.predictor_width(model.config.hidden_size), config.stage_layers(layers)
     result = {"model": str(model_dir), "device": device, "batch": batch, "context": ids.shape[1],
               "new_tokens": new_tokens, "repeats": repeats, "sdtp": config.to_dict(), "layer_tokens": tokens}
+    def mode(pruning: bool):
+        return contextlib.nullcontext() if pruning else sdtp_disabled(model)
+
     with torch.no_grad():
-        _say("warm-up")
-        prefill()
+        _say("warm-up: a prefill and a generation, dense and pruned")
+        for pruning in (False, True):  # both: the first timed calls would otherwise pay one-time costs for one side
+            with mode(pruning):
+                prefill()
+                generate()
         for name, pruning in (("dense", False), ("sdtp", True)):
-            with contextlib.nullcontext() if pruning else sdtp_disabled(model):
+            with mode(pruning):
                 _say(f"{name}: {repeats} prefills of {batch} x {ids.shape[1]} tokens, then {repeats} x prefill + "
                      f"{new_tokens} tokens")
                 prefill_t = _timings(prefill, device, clock, repeats)
