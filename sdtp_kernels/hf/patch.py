@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import numbers
 import os
 from typing import Iterator, Sequence, Union
 
@@ -64,9 +65,9 @@ def protected_tail(model: nn.Module, tails: Sequence[int]) -> Iterator[nn.Module
     tokens that reach the last layer, right-aligned, so row b's tail is its last `tails[b]` columns."""
     runtime = _runtime(model)
     tails = list(tails)  # once: a generator would be spent by the check
-    if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in tails):
+    if any(isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0 for t in tails):
         raise ValueError(f"protected_tail: tails must be ints >= 0, got {tails}")
-    was, runtime.protected_tail = runtime.protected_tail, tails
+    was, runtime.protected_tail = runtime.protected_tail, [int(t) for t in tails]  # numpy ints too
     try:
         yield model
     finally:

@@ -1,5 +1,6 @@
 """protected_tail: the last m tokens of each row survive every stage and their logits come back, right-padded
 batches included (what a harness log-likelihood needs); schedule overrides at apply time."""
+import numpy as np
 import pytest
 import torch
 from hf_tiny import PROMPT, PRUNING, VOCAB, prompts, tiny_model
@@ -65,6 +66,8 @@ def test_tail_count_must_match_the_batch_and_be_non_negative():
     with pytest.raises(ValueError, match="ints >= 0"):
         with protected_tail(model, [1, -2]):
             pass
+    with torch.no_grad(), protected_tail(model, np.array([1, 2])):  # numpy ints, as lengths often come
+        model(ids, attention_mask=mask)
 
 
 def test_schedule_overrides_at_apply_time(tmp_path):
