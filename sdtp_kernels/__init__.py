@@ -1,7 +1,7 @@
 """SDTP — Saliency-driven Dynamic Token Pruning for LLM prefill, as native kernels with Python bindings.
 
 Importing the package loads nothing heavy: the ops, the predictor and the build information resolve on first
-access, and the compiled extension loads on the first op call (`sdtp_kernels.ops.load_library`)."""
+access, and the compiled extension loads with `sdtp_kernels.ops` (`sdtp_kernels.ops.load_library`)."""
 import importlib
 
 from .config import SDTPConfig

@@ -1,10 +1,13 @@
 """The four native ops (docs/ARCHITECTURE.md §3) as Python functions, and their fake (shape-only) implementations
 so that `torch.compile` and `torch.library.opcheck` can trace them. The kernels themselves live in csrc/.
 
-The compiled extension loads on the first op call (`load_library`), not at import: configuration, tasks and file
-formats import without a build, and a missing build is one clear error where an op is first needed."""
+The compiled extension loads with this module where it is built (`load_library`): `torch.compile` cannot trace the
+loading, so a compiled function making the process's first op call would fail under fullgraph. The package root,
+configuration, tasks and file formats do not import this module, so they import without a build; without one, the
+first op call raises one clear error."""
 from __future__ import annotations
 
+import importlib.util
 import types
 from typing import Optional, Union
 
@@ -170,3 +173,7 @@ def _register_fakes() -> None:
         total, max_seqlen = ctx.new_dynamic_size(), ctx.new_dynamic_size()
         packed = x.new_empty((total, *x.shape[2:]))
         return packed, x.new_empty((x.shape[0] + 1,), dtype=torch.int32), max_seqlen
+
+
+if importlib.util.find_spec(f"{__package__}._C") is not None:  # built: load now (see the module's docstring)
+    load_library()

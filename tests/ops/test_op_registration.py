@@ -1,4 +1,8 @@
 """The ops are proper torch custom ops: opcheck (schema, fake tensors, dispatch) and torch.compile(fullgraph)."""
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -82,6 +86,18 @@ def test_torch_compile_fullgraph():
     compiled = torch.compile(prune, fullgraph=True, backend="aot_eager")
     for got, want in zip(compiled(*args), prune(*args)):
         assert torch.equal(got, want)
+
+
+def test_torch_compile_fullgraph_makes_the_first_op_call():
+    # A fresh process whose first op call is inside a compiled function: dynamo cannot trace loading the extension.
+    code = textwrap.dedent("""
+        import torch
+        import sdtp_kernels
+        top2 = lambda x: sdtp_kernels.select_tokens(x, 2, num_sink=0, num_local=0)[0]
+        compiled = torch.compile(top2, fullgraph=True, backend="eager")
+        assert compiled(torch.arange(8.0).view(2, 4)).tolist() == [[2, 3], [2, 3]]
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_build_info():
