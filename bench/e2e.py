@@ -18,11 +18,13 @@ import platform
 
 import torch
 import transformers
+from torch.autograd import DeviceType
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.hf import apply_sdtp, sdtp_disabled
-from sdtp_kernels.measure import CLOCKS, FLOPS_METHOD, PEAK_MEM_METHOD, flops, layer_tokens, measure, profiling
+from sdtp_kernels.measure import (CLOCKS, FLOPS_METHOD, PEAK_MEM_METHOD, flops, layer_tokens, measure, profiling,
+                                  provenance)
 
 PRESETS = {
     "cpu": dict(
@@ -68,7 +70,9 @@ def prune_overhead(prefill, device: str) -> float:
     """Seconds one pruned prefill spends inside SDTP's "sdtp.prune" ranges (score, select, compact, masks)."""
     with profiling(device) as profile:
         prefill()
-    events = [e for e in profile.key_averages() if e.key == "sdtp.prune"]
+    # The CPU rows only: on CUDA the profiler also lists each range's span on the GPU as a row of the same name,
+    # which would count the same time twice.
+    events = [e for e in profile.key_averages() if e.key == "sdtp.prune" and e.device_type == DeviceType.CPU]
     if device == "cuda":  # the GPU time of the kernels launched inside the ranges
         return sum(e.device_time_total for e in events) / 1e6
     return sum(e.cpu_time_total for e in events) / 1e6
@@ -240,6 +244,7 @@ def main() -> None:
         **({"first_generate_profile": first_generate_profile(model, contexts[0], new_tokens, args.device)}
            if args.profile_first else {}),
         "machine": machine(args.device),
+        "provenance": provenance(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": args.device,
         "preset": preset_name,

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
+import pathlib
+import subprocess
 import sys
 import time
 
 import torch
 
+from . import ops
 from .config import SDTPConfig
 
 PEAK_MEM_METHOD = {
@@ -124,3 +128,45 @@ def _native_stderr_silenced():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def provenance() -> dict:
+    """What a benchmark's figures depend on besides its own arguments: the source (the git commit and whether the
+    tree had changes, where there is a repository; always a hash of the package's Python and native sources), the
+    build, and the settings that choose kernels (torch's matmul precision flags, SDTP_SCORE_PATH)."""
+    package = pathlib.Path(__file__).resolve().parent
+    root = package.parent
+    files = sorted([*package.rglob("*.py"), *(root / "csrc").rglob("*")])
+    digest = hashlib.sha256()
+    for path in (p for p in files if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    info = {"source_sha256": digest.hexdigest()[:16], "git_commit": None, "git_dirty": None,
+            "build_info": ops.build_info(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+            "SDTP_SCORE_PATH": os.environ.get("SDTP_SCORE_PATH"), "matmul": _matmul_settings()}
+    try:
+        git = ["git", "-C", str(root)]
+        info["git_commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                            check=True).stdout.strip()
+        info["git_dirty"] = bool(subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                                                capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass  # a copy of the tree without its repository: the source hash stands alone
+    return info
+
+
+def _matmul_settings() -> dict:
+    """torch.backends.cuda.matmul's flags; a legacy flag that torch refuses to read (once the fp32_precision API was
+    used) is recorded as its error."""
+    matmul = torch.backends.cuda.matmul
+    settings = {}
+    for name in ("fp32_precision", "allow_tf32", "allow_bf16_reduced_precision_reduction",
+                 "allow_fp16_reduced_precision_reduction", "allow_fp16_accumulation"):
+        try:
+            settings[name] = getattr(matmul, name, None)
+        except RuntimeError as error:
+            settings[name] = f"unreadable: {str(error)[:80]}"
+    try:
+        settings["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    except RuntimeError as error:
+        settings["float32_matmul_precision"] = f"unreadable: {str(error)[:80]}"
+    return settings
