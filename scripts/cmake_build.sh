@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Builds the ops with CMake (find_package(Torch)) into a plain shared library, loads it with
 # torch.ops.load_library() in a fresh interpreter and calls one op.
-#   scripts/cmake_build.sh [BUILD_DIR]     env: PYTHON (default python), SDTP_CUDA=ON|OFF (default OFF), CUDA_HOME
+#   scripts/cmake_build.sh [BUILD_DIR]   BUILD_DIR relative to the repository root (default build/cmake)
+# env: PYTHON (default .venv/bin/python where scripts/setup.sh made it, else python3), SDTP_CUDA=ON|OFF
+#      (default OFF), CUDA_HOME
 set -euo pipefail
-py=${PYTHON:-python}
+cd "$(dirname "$0")/.."
+py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 build=${1:-build/cmake}
 args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DSDTP_CUDA="${SDTP_CUDA:-OFF}"
       -DCMAKE_PREFIX_PATH="$("$py" -c 'import torch; print(torch.utils.cmake_prefix_path)')")

@@ -20,7 +20,8 @@
 # The steps run in order of importance under one overall budget (GPU_CHECK_BUDGET seconds, default 540, so the
 # whole run fits a 10-minute device command); a step gets min(its own timeout, what is left) and is recorded as
 # "no-time" when too little is left.
-# Env: OUT, PYTHON (default python3), GPU_CHECK_BUDGET, GPU_CHECK_QUICK=1 (short benchmark),
+# Env: OUT, PYTHON (default .venv/bin/python where it exists, else python3), GPU_CHECK_BUDGET,
+#      GPU_CHECK_QUICK=1 (short benchmark),
 #      GPU_CHECK_CC / GPU_CHECK_CXX (host compiler of the build; default /usr/bin/gcc and /usr/bin/g++),
 #      GPU_CHECK_SKIP="step names" (environment build build_info native_errors cuobjdump error_cases pytest_cuda
 #      memcheck initcheck racecheck synccheck sanitizer_smoke cuda_micro e2e pytest),
@@ -36,7 +37,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-PY=${PYTHON:-python3}
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}  # scripts/setup.sh's venv here
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 WORK=$(mktemp -d)
 STEPS="$WORK/steps.tsv"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .arguments import positive_int
+from .arguments import HelpFormatter, positive_int
 from .measure import CLOCKS, flops, measure
 
 
@@ -224,7 +224,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_commands(commands) -> None:
     demo = commands.add_parser("demo", help="dense vs SDTP on a batch of long prompts: table, JSON and plot",
-                               description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               description=__doc__, formatter_class=HelpFormatter)
     demo.add_argument("--model", help="local model directory (default: the reference model installed with the "
                       "package)")
     demo.add_argument("--predictors", help="directory written by save_sdtp (default: MODEL/sdtp)")

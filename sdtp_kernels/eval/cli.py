@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from ..arguments import non_negative_int, positive_int
+from ..arguments import HelpFormatter, non_negative_int, positive_int
 from ..files import strict_json
 from ..predictor_file import read_predictors
 from ..train.options import SaliencyOptions
@@ -105,7 +105,7 @@ def add_commands(subparsers) -> None:
         description="Answer accuracy and last-token agreement of held-out prompts unpruned, with SDTP's trained "
         "predictors, with random scores and with last-token attention scores (same kept counts and protected "
         "tokens), and the Spearman correlation of predictor scores with marked saliency.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", required=True, help="local model directory (transformers save_pretrained)")
     parser.add_argument("--predictors", required=True, help="directory written by save_sdtp / `sdtp train`")

@@ -30,6 +30,7 @@ import sys
 
 import torch
 
+from ..arguments import RawDescriptionHelpFormatter
 from ..files import respect_umask
 from ..tasks.retrieval import RetrievalTask
 from ..train.summary import summarize
@@ -88,7 +89,7 @@ def add_commands(subparsers) -> None:
     """Add `reference-model` to an argparse subparsers object."""
     parser = subparsers.add_parser(
         "reference-model", help="train the reference model (a small Llama) on the synthetic retrieval task",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="directory the trained model is written to")
     for flag, kind, default, help_text in _FLAGS:
         shown = f"{help_text} (default: {default})" if default not in (None, "", False) else help_text

@@ -8,7 +8,7 @@ import json
 import os
 from typing import Optional
 
-from ..arguments import non_negative_float, non_negative_int, positive_int
+from ..arguments import HelpFormatter, non_negative_float, non_negative_int, positive_int
 from ..config import SDTPConfig
 from .options import (ATTENTIONS, DTYPE_ALIASES, DTYPES, LR_SCHEDULES, NORMALIZATIONS, TASK_LOSSES, LossOptions,
                       SaliencyOptions, TrainOptions)
@@ -145,7 +145,7 @@ def add_commands(subparsers) -> None:
         description="Run the frozen model on every record and write the saliency of each token at the input of "
         "each stage layer to safetensors shards in --out (index: marking.json). Records whose prompt has no token "
         "outside the protected ones are skipped (listed in marking.json).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _common(mark, _MARK_SCHEDULE)
     _saliency_flags(mark)
@@ -159,7 +159,7 @@ def add_commands(subparsers) -> None:
         "train_summary.json); a non-finite loss stops the run before it changes anything. Several processes: "
         "torchrun --nproc-per-node N -m sdtp_kernels.cli train ... (add --shard to split the frozen model between "
         "them; several machines: torchrun's --nnodes, --node-rank and --rdzv-endpoint).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _common(train, _TRAIN_SCHEDULE)
     train.add_argument("--saliency", default=None, help="a marking of --data by `sdtp mark` (None: mark each "

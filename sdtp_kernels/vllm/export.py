@@ -12,6 +12,7 @@ import os
 import shutil
 from typing import Optional
 
+from ..arguments import HelpFormatter
 from ..hf.model_dir import local_model_dir
 from ..predictor_file import CONFIG_FILE, TRAIN_OPTIONS_FILE, WEIGHTS_FILE, read_predictors
 from .architectures import OVERRIDE_PREFIX, SDTP_ARCHITECTURES
@@ -98,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
 def add_commands(commands) -> None:
     parser = commands.add_parser(
         "export", help="write a model folder that vLLM serves with SDTP (and apply_sdtp loads)",
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="local model folder (config.json, weights, tokenizer)")
     parser.add_argument("--predictors", required=True, help="predictor folder written by save_sdtp or sdtp train")
     parser.add_argument("--out", required=True, help="the folder to write (new or empty)")
