@@ -13,7 +13,6 @@ import time
 
 import torch
 
-from . import ops
 from .config import SDTPConfig
 
 PEAK_MEM_METHOD = {
@@ -131,9 +130,12 @@ def _native_stderr_silenced():
 
 
 def provenance() -> dict:
-    """What a benchmark's figures depend on besides its own arguments: the source (the git commit and whether the
-    tree had changes, where there is a repository; always a hash of the package's Python and native sources), the
-    build, and the settings that choose kernels (torch's matmul precision flags, SDTP_SCORE_PATH)."""
+    """What a benchmark's figures depend on besides its own arguments: the source (a hash of the package's Python
+    sources and, in a source tree, of csrc/; the git commit and whether the tree had changes where the package sits in
+    its repository's root), the build, and the settings that choose kernels (torch's matmul precision flags,
+    SDTP_SCORE_PATH)."""
+    from . import ops
+
     package = pathlib.Path(__file__).resolve().parent
     root = package.parent
     files = sorted([*package.rglob("*.py"), *(root / "csrc").rglob("*")])
@@ -143,14 +145,17 @@ def provenance() -> dict:
     info = {"source_sha256": digest.hexdigest()[:16], "git_commit": None, "git_dirty": None,
             "build_info": ops.build_info(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
             "SDTP_SCORE_PATH": os.environ.get("SDTP_SCORE_PATH"), "matmul": _matmul_settings()}
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+
     try:
-        git = ["git", "-C", str(root)]
-        info["git_commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                            check=True).stdout.strip()
-        info["git_dirty"] = bool(subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                                                capture_output=True, text=True, check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        pass  # a copy of the tree without its repository: the source hash stands alone
+        # Only the repository this tree is the root of: an installed copy inside some other repository is not it.
+        if pathlib.Path(git("rev-parse", "--show-toplevel")).resolve() == root:
+            info["git_commit"] = git("rev-parse", "HEAD")
+            info["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        pass  # no repository (a copy of the tree, an installed package): the source hash stands alone
     return info
 
 

@@ -3,8 +3,9 @@ so that `torch.compile` and `torch.library.opcheck` can trace them. The kernels 
 
 The compiled extension loads with this module where it is built (`load_library`): `torch.compile` cannot trace the
 loading, so a compiled function making the process's first op call would fail under fullgraph. The package root,
-configuration, tasks and file formats do not import this module, so they import without a build; without one, the
-first op call raises one clear error."""
+configuration, tasks and file formats do not import this module, so they import without a build. Without a build, or
+with one that does not load (built against another torch), importing still works and the first op call raises one
+clear error."""
 from __future__ import annotations
 
 import importlib.util
@@ -26,9 +27,10 @@ def load_library() -> types.ModuleType:
         try:
             from . import _C
         except ImportError as error:
+            state = "do not load" if _built() else "are not built"
             raise RuntimeError(
-                "sdtp_kernels: the native ops (sdtp_kernels._C) are not built in this installation "
-                f"({error}); build them with `bash scripts/setup.sh` or `pip install .` from the source tree"
+                f"sdtp_kernels: the native ops (sdtp_kernels._C) {state} in this installation ({error}); build them "
+                "with `bash scripts/setup.sh` or `pip install .` from the source tree"
             ) from error
         _register_fakes()
         _extension = _C
@@ -175,5 +177,12 @@ def _register_fakes() -> None:
         return packed, x.new_empty((x.shape[0] + 1,), dtype=torch.int32), max_seqlen
 
 
-if importlib.util.find_spec(f"{__package__}._C") is not None:  # built: load now (see the module's docstring)
-    load_library()
+def _built() -> bool:
+    return importlib.util.find_spec(f"{__package__}._C") is not None
+
+
+if _built():  # load now (see the module's docstring)
+    try:
+        load_library()
+    except RuntimeError:
+        pass  # a build that does not load: the first op call raises load_library's error

@@ -139,3 +139,26 @@ def test_config_tasks_and_formats_import_without_the_build(tmp_path):
             raise AssertionError("an op ran without the extension")
     """)
     subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, check=True)
+
+
+def test_a_build_that_does_not_load_fails_at_the_first_op_call(tmp_path):
+    # As after a torch upgrade: the extension is there but cannot load. The CLI and the layers above the ops import,
+    # and the first op call says so.
+    shutil.copytree(PACKAGE, tmp_path / "sdtp_kernels", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    (tmp_path / "sdtp_kernels" / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}").write_bytes(b"not a library")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(tmp_path)!r}, {sysconfig.get_paths()["purelib"]!r}, {sysconfig.get_paths()["platlib"]!r}]
+        import torch
+        import sdtp_kernels.ops, sdtp_kernels.hf, sdtp_kernels.measure
+        from sdtp_kernels.cli import build_parser
+        assert sdtp_kernels.__file__.startswith({str(tmp_path)!r}), sdtp_kernels.__file__
+        build_parser()
+        try:
+            sdtp_kernels.select_tokens(torch.zeros(1, 4), 2)
+        except RuntimeError as error:
+            assert "do not load" in str(error) and "scripts/setup.sh" in str(error), error
+        else:
+            raise AssertionError("an op ran without a loadable extension")
+    """)
+    subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, check=True)
