@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import json
 import platform
+from typing import Optional
 
 import torch
 import transformers
@@ -66,16 +67,19 @@ def device_allocations(device: str) -> int:
     return torch.cuda.memory_stats().get("segment.all.allocated", 0) if device == "cuda" else 0
 
 
-def prune_overhead(prefill, device: str) -> float:
-    """Seconds one pruned prefill spends inside SDTP's "sdtp.prune" ranges (score, select, compact, masks)."""
+def prune_overhead(prefill, device: str) -> tuple[float, Optional[float]]:
+    """(seconds, span seconds) one pruned prefill spends in SDTP's "sdtp.prune" ranges (score, select, compact,
+    masks). On the CPU: the ranges' time, and no span. On CUDA: the device time of the kernels launched inside the
+    ranges, and the ranges' span on the GPU, which adds the gaps between those kernels. The profiler lists the two
+    as rows of the same name (device types CPU and CUDA); summed, they would count the same work twice."""
     with profiling(device) as profile:
         prefill()
-    # The CPU rows only: on CUDA the profiler also lists each range's span on the GPU as a row of the same name,
-    # which would count the same time twice.
-    events = [e for e in profile.key_averages() if e.key == "sdtp.prune" and e.device_type == DeviceType.CPU]
-    if device == "cuda":  # the GPU time of the kernels launched inside the ranges
-        return sum(e.device_time_total for e in events) / 1e6
-    return sum(e.cpu_time_total for e in events) / 1e6
+    rows = [e for e in profile.key_averages() if e.key == "sdtp.prune"]
+    on_cpu = [e for e in rows if e.device_type == DeviceType.CPU]
+    if device != "cuda":
+        return sum(e.cpu_time_total for e in on_cpu) / 1e6, None
+    span = sum(e.device_time_total for e in rows if e.device_type == DeviceType.CUDA) / 1e6
+    return sum(e.device_time_total for e in on_cpu) / 1e6, span
 
 
 def first_generate_profile(model, context: int, new_tokens: int, device: str, top: int = 15) -> dict:
@@ -120,7 +124,7 @@ def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: 
         dense_runs, sdtp_runs = dense_and_sdtp(model, generate, device, 2, clock)
         (dense_e2e, dense_mem), (sdtp_e2e, sdtp_mem) = dense_runs[1], sdtp_runs[1]
         dense_e2e_first, sdtp_e2e_first = dense_runs[0][0], sdtp_runs[0][0]
-        overhead = prune_overhead(prefill, device)
+        overhead, overhead_span = prune_overhead(prefill, device)
 
     layers = config.num_hidden_layers
     kept = layer_tokens(sdtp, layers, context)
@@ -133,6 +137,7 @@ def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: 
         "dense_prefill_s": dense_prefill,
         "sdtp_prefill_s": sdtp_prefill,
         "overhead_s": overhead,
+        "overhead_span_s": overhead_span,
         "flops_dense": flops_dense,
         "flops_sdtp": flops_sdtp,
         "peak_mem_dense": dense_mem,

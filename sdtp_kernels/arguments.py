@@ -5,17 +5,18 @@ import argparse
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help with each option's default where it has one worth saying: not for a default of None (unset: its help
-    says what happens then), a help text that names its default itself, a required option or a switch."""
+    """--help with each option's default where it has one worth saying: not for a default of None or "" (unset: its
+    help says what happens then), a help text that names its default itself, a required option or a switch."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default is None or action.required or action.nargs == 0 or "(default" in text:
+        unset = action.default is None or (isinstance(action.default, str) and action.default == "")
+        if unset or action.required or action.nargs == 0 or "(default" in text:
             return text
         return super()._get_help_string(action)
 
 
-class RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+class RawHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
     """HelpFormatter that prints the description as written (command examples keep their lines)."""
 
 

@@ -28,7 +28,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from ..arguments import RawDescriptionHelpFormatter
+from ..arguments import RawHelpFormatter
 from ..config import SDTPConfig
 from ..files import strict_json
 from ..hf import apply_sdtp, remove_sdtp, sdtp_predictors
@@ -106,7 +106,7 @@ def key_swap_stability(model, config: SDTPConfig, prompts: list[Prompt], origina
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=RawHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--task", required=True, help="retrieval task.json (its held-out prompts are used)")
     parser.add_argument("--predictors", default=None,

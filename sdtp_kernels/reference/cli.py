@@ -30,7 +30,7 @@ import sys
 
 import torch
 
-from ..arguments import RawDescriptionHelpFormatter
+from ..arguments import RawHelpFormatter
 from ..files import respect_umask
 from ..tasks.retrieval import RetrievalTask
 from ..train.summary import summarize
@@ -89,18 +89,17 @@ def add_commands(subparsers) -> None:
     """Add `reference-model` to an argparse subparsers object."""
     parser = subparsers.add_parser(
         "reference-model", help="train the reference model (a small Llama) on the synthetic retrieval task",
-        description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=RawHelpFormatter)
     parser.add_argument("--out", required=True, help="directory the trained model is written to")
     for flag, kind, default, help_text in _FLAGS:
-        shown = f"{help_text} (default: {default})" if default not in (None, "", False) else help_text
         if kind is None:
             parser.add_argument(flag, action="store_true", help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=default, required=default is None, help=shown)
+            parser.add_argument(flag, type=kind, default=default, required=default is None, help=help_text)
     parser.add_argument("--loss-on", choices=["answers", "query"], default="query",
-                        help="answers: every query's value; query: every token of the query section (default: query)")
+                        help="answers: every query's value; query: every token of the query section")
     parser.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float16",
-                        help="dtype of the written weights (default: float16)")
+                        help="dtype of the written weights")
     parser.set_defaults(run=_run)
 
 
