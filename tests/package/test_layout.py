@@ -118,47 +118,48 @@ def test_no_line_of_code_over_120_characters():
     assert not long, long
 
 
-def test_config_tasks_and_formats_import_without_the_build(tmp_path):
+def _run_with_a_copy_of_the_package(tmp_path, extension, body: str) -> None:
+    """Runs `body` in a fresh interpreter that imports the package from a copy in tmp_path, whose compiled extension
+    is `extension` (bytes; None: none). -S: no site initialisation, so the editable install's import hook cannot hand
+    out the built extension. `op_error` is what the first op call raised."""
     shutil.copytree(PACKAGE, tmp_path / "sdtp_kernels", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    # -S: no site initialisation, so the editable install's import hook cannot hand out the built extension.
-    code = textwrap.dedent(f"""
+    if extension is not None:
+        (tmp_path / "sdtp_kernels" / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}").write_bytes(extension)
+    prelude = textwrap.dedent(f"""
         import sys
         sys.path[:0] = [{str(tmp_path)!r}, {sysconfig.get_paths()["purelib"]!r}, {sysconfig.get_paths()["platlib"]!r}]
-        import sdtp_kernels, sdtp_kernels.config, sdtp_kernels.tasks.retrieval, sdtp_kernels.predictor_file
-        from sdtp_kernels.cli import build_parser
+        import sdtp_kernels
         assert sdtp_kernels.__file__.startswith({str(tmp_path)!r}), sdtp_kernels.__file__
+        def op_error():
+            import torch
+            try:
+                sdtp_kernels.select_tokens(torch.zeros(1, 4), 2)
+            except RuntimeError as error:
+                return str(error)
+            raise AssertionError("an op ran without a loadable extension")
+    """)
+    subprocess.run([sys.executable, "-S", "-c", prelude + textwrap.dedent(body)], cwd=tmp_path, check=True)
+
+
+def test_config_tasks_and_formats_import_without_the_build(tmp_path):
+    _run_with_a_copy_of_the_package(tmp_path, None, """
+        import sdtp_kernels.config, sdtp_kernels.tasks.retrieval, sdtp_kernels.predictor_file
+        from sdtp_kernels.cli import build_parser
         assert "sdtp_kernels._C" not in sys.modules
         build_parser()
         sdtp_kernels.SDTPConfig(keep_ratio=0.5).stage_layers(12)
-        import torch
-        try:
-            sdtp_kernels.select_tokens(torch.zeros(1, 4), 2)
-        except RuntimeError as error:
-            assert "not built" in str(error) and "scripts/setup.sh" in str(error), error
-        else:
-            raise AssertionError("an op ran without the extension")
+        error = op_error()
+        assert "not built" in error and "scripts/setup.sh" in error, error
     """)
-    subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, check=True)
 
 
 def test_a_build_that_does_not_load_fails_at_the_first_op_call(tmp_path):
     # As after a torch upgrade: the extension is there but cannot load. The CLI and the layers above the ops import,
     # and the first op call says so.
-    shutil.copytree(PACKAGE, tmp_path / "sdtp_kernels", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    (tmp_path / "sdtp_kernels" / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}").write_bytes(b"not a library")
-    code = textwrap.dedent(f"""
-        import sys
-        sys.path[:0] = [{str(tmp_path)!r}, {sysconfig.get_paths()["purelib"]!r}, {sysconfig.get_paths()["platlib"]!r}]
-        import torch
+    _run_with_a_copy_of_the_package(tmp_path, b"not a library", """
         import sdtp_kernels.ops, sdtp_kernels.hf, sdtp_kernels.measure
         from sdtp_kernels.cli import build_parser
-        assert sdtp_kernels.__file__.startswith({str(tmp_path)!r}), sdtp_kernels.__file__
         build_parser()
-        try:
-            sdtp_kernels.select_tokens(torch.zeros(1, 4), 2)
-        except RuntimeError as error:
-            assert "do not load" in str(error) and "scripts/setup.sh" in str(error), error
-        else:
-            raise AssertionError("an op ran without a loadable extension")
+        error = op_error()
+        assert "do not load" in error and "scripts/setup.sh" in error, error
     """)
-    subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, check=True)
