@@ -107,19 +107,19 @@ def key_swap_stability(model, config: SDTPConfig, prompts: list[Prompt], origina
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=RawHelpFormatter)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="local model directory (the task's model)")
     parser.add_argument("--task", required=True, help="retrieval task.json (its held-out prompts are used)")
     parser.add_argument("--predictors", default=None,
                         help="take the schedule and the saliency options from this save_sdtp directory")
     parser.add_argument("--absolute", action="store_true", help="absolute saliency (without --predictors)")
     parser.add_argument("--count", type=int, default=256, help="held-out prompts measured")
     parser.add_argument("--fit-count", type=int, default=1024, help="other held-out prompts the fits learn from")
-    parser.add_argument("--steps", type=int, default=600, help="fitting steps (one batch of 32 prompts each)")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=600, help="fitting steps (one batch of --batch-size prompts each)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of the fits")
+    parser.add_argument("--batch-size", type=int, default=32, help="prompts per fitting step")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fits and their batches")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0: torch's default")
+    parser.add_argument("--out", required=True, help="JSON file to write")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
