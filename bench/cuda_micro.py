@@ -96,21 +96,17 @@ def paired_time_ms(torch, variants, warmup=3, rounds=100):
     calls each variant once, in an order rotated from round to round, so that drift (clocks, other load) reaches all
     of them alike and each round gives paired samples. The score path is set before a call's timing starts."""
     names = list(variants)
-
-    def call(name):
-        fn, path = variants[name]
+    for fn, path in variants.values():
         with score_path(path):
-            return _time_call(torch, fn)
-
-    for name in names:
-        with score_path(variants[name][1]):
             for _ in range(warmup):
-                variants[name][0]()
+                fn()
     _sync(torch)
     samples = {name: ([], []) for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            device_ms, host_ms = call(name)
+            fn, path = variants[name]
+            with score_path(path):
+                device_ms, host_ms = _time_call(torch, fn)
             samples[name][0].append(device_ms)
             samples[name][1].append(host_ms)
     return {name: {**_stats(*samples[name]), "samples_ms": samples[name][0]} for name in names}
@@ -149,26 +145,23 @@ def queued_time_ms(torch, fn, iters=30):
     the device time of the calls' kernels and the gaps between them, not the host's issue rate. `queue_kept_full`
     says whether the sleep outlasted the host's queueing; False can also mean that the host waited on a full launch
     queue (about a thousand pending launches), which kept the device busy too."""
-    fn()
-    if DEVICE != "cuda":
+    def queue():  # host milliseconds to issue the calls
         t0 = time.perf_counter()
         for _ in range(iters):
             fn()
-        ms = 1e3 * (time.perf_counter() - t0) / iters
+        return 1e3 * (time.perf_counter() - t0)
+
+    fn()
+    if DEVICE != "cuda":
+        ms = queue() / iters
         return {"queued_ms": ms, "queued_host_ms": ms, "queue_kept_full": None}
     torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    sleep_ms = 2e3 * (time.perf_counter() - t0) + 1.0  # twice what the host took to queue them with the GPU idle
+    sleep_ms = 2 * queue() + 1.0  # twice what the host took to queue them with the GPU idle
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda._sleep(int(sleep_ms * SLEEP_CYCLES_PER_MS))
     start.record()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    host_ms = 1e3 * (time.perf_counter() - t0)
+    host_ms = queue()
     end.record()
     end.synchronize()
     return {"queued_ms": start.elapsed_time(end) / iters, "queued_host_ms": host_ms / iters,

@@ -10,8 +10,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        unset = action.default is None or (isinstance(action.default, str) and action.default == "")
-        if unset or action.required or action.nargs == 0 or "(default" in text:
+        if action.default in (None, "") or action.required or action.nargs == 0 or "(default" in text:
             return text
         return super()._get_help_string(action)
 

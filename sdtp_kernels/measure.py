@@ -145,6 +145,7 @@ def provenance() -> dict:
     info = {"source_sha256": digest.hexdigest()[:16], "git_commit": None, "git_dirty": None,
             "build_info": ops.build_info(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
             "SDTP_SCORE_PATH": os.environ.get("SDTP_SCORE_PATH"), "matmul": _matmul_settings()}
+
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
                               timeout=30).stdout.strip()
