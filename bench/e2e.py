@@ -14,7 +14,9 @@ import argparse
 import contextlib
 import datetime
 import json
+import os
 import platform
+import time
 from typing import Optional
 
 import torch
@@ -24,6 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.hf import apply_sdtp, sdtp_disabled
+from sdtp_kernels.hf.attention_backends import AVOID_CUDNN_ENV
 from sdtp_kernels.measure import (CLOCKS, FLOPS_METHOD, PEAK_MEM_METHOD, flops, layer_tokens, measure, profiling,
                                   provenance)
 
@@ -83,20 +86,43 @@ def prune_overhead(prefill, device: str) -> tuple[float, Optional[float]]:
 
 
 def first_generate_profile(model, context: int, new_tokens: int, device: str, top: int = 15) -> dict:
-    """Where a first generate's time goes: for dense and then SDTP, one generate at a prompt length not seen before
-    (context + 1, then + 2), profiled; the operators and CUDA runtime calls that took the most host time."""
+    """Where a first generate's time goes: dense, SDTP, and SDTP with torch's own SDPA order in its pruned layers
+    (SDTP_AVOID_CUDNN_SDPA=never), each one generate at a prompt length not seen before (context + 1, + 2, + 3),
+    profiled; its wall time under the profiler and the operators and CUDA runtime calls that took the most host time
+    (cuDNN attention builds a graph per new shape inside aten::_scaled_dot_product_cudnn_attention)."""
     result = {}
-    for offset, name in ((1, "dense"), (2, "sdtp")):
+    for offset, name, avoid_cudnn in ((1, "dense", None), (2, "sdtp", None), (3, "sdtp_cudnn_sdpa", "never")):
         length = context + offset
         ids = torch.randint(1, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(length))
         disabled = sdtp_disabled(model) if name == "dense" else contextlib.nullcontext()
-        with disabled, torch.no_grad(), profiling(device) as p:
+        with environment(AVOID_CUDNN_ENV, avoid_cudnn), disabled, torch.no_grad(), profiling(device) as p:
+            start = time.perf_counter()
             model.generate(ids.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
         events = sorted(p.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
-        result[name] = {"prompt_tokens": length, "top_self_cpu": [
+        result[name] = {"prompt_tokens": length, "wall_s_profiled": seconds, "top_self_cpu": [
             {"name": e.key, "calls": e.count, "self_cpu_s": e.self_cpu_time_total / 1e6,
              "cpu_total_s": e.cpu_time_total / 1e6} for e in events]}
     return result
+
+
+@contextlib.contextmanager
+def environment(name: str, value: Optional[str]):
+    """The environment variable `name` set to `value` (None: left as it is) inside the block."""
+    if value is None:
+        yield
+        return
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = saved
 
 
 def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: str, repeats: int, clock) -> dict:
@@ -106,6 +132,13 @@ def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: 
 
     def prefill():
         model(ids, use_cache=True, logits_to_keep=1)  # as generate() calls it
+
+    # Each call at a prompt length no forward has run at (context - 1, - 2, ...), as a server meets its prompts:
+    # what is built per shape (cuDNN attention's graphs, one per pruned token set in SDTP) is paid in the call.
+    new_lengths = iter(range(context - 1, 0, -1))
+
+    def prefill_new_length():
+        model(ids[:, :next(new_lengths)], use_cache=True, logits_to_keep=1)
 
     allocations = []  # cudaMalloc calls of each generate, in call order
 
@@ -117,10 +150,13 @@ def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: 
     with torch.no_grad():
         dense_runs, sdtp_runs = dense_and_sdtp(model, prefill, device, repeats, clock)
         (dense_prefill, dense_prefill_mem), (sdtp_prefill, sdtp_prefill_mem) = min(dense_runs), min(sdtp_runs)
+        dense_runs, sdtp_runs = dense_and_sdtp(model, prefill_new_length, device, repeats, clock)
+        dense_prefill_new, sdtp_prefill_new = min(dense_runs)[0], min(sdtp_runs)[0]
         # Twice each: the first generate at a new prompt length also pays one-time costs (on an H200 SDTP's took
-        # ~9 s at 4K and at 16K tokens where dense took 2.5 and 1.8 s; not seen on the CPU); the second is the steady
-        # state. The caching allocator's cudaMalloc calls per generate are recorded to test one explanation: pruned
-        # layers hold caches of other sizes than dense ones, which it may have to allocate afresh.
+        # ~9 s at 4K and at 16K tokens where dense took 2.5 and 1.8 s, before its decoding avoided cuDNN attention,
+        # docs/ARCHITECTURE.md §4.6; not seen on the CPU); the second is the steady state. The caching allocator's
+        # cudaMalloc calls per generate are recorded to test another explanation: pruned layers hold caches of other
+        # sizes than dense ones, which it may have to allocate afresh.
         dense_runs, sdtp_runs = dense_and_sdtp(model, generate, device, 2, clock)
         (dense_e2e, dense_mem), (sdtp_e2e, sdtp_mem) = dense_runs[1], sdtp_runs[1]
         dense_e2e_first, sdtp_e2e_first = dense_runs[0][0], sdtp_runs[0][0]
@@ -143,6 +179,9 @@ def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: 
         "peak_mem_dense": dense_mem,
         "peak_mem_sdtp": sdtp_mem,
         "prefill_speedup": dense_prefill / sdtp_prefill,
+        "dense_prefill_new_length_s": dense_prefill_new,
+        "sdtp_prefill_new_length_s": sdtp_prefill_new,
+        "prefill_speedup_new_length": dense_prefill_new / sdtp_prefill_new,
         "flops_ratio": flops_dense / flops_sdtp,
         "overhead_share": overhead / sdtp_prefill,
         "new_tokens": new_tokens,
@@ -178,6 +217,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     contexts = [r["context"] for r in rows]
     plot_speedups(path, contexts, [
         ([r["prefill_speedup"] for r in rows], "o-", "prefill speed-up (measured)"),
+        ([r["prefill_speedup_new_length"] for r in rows], "^:", "prefill speed-up, each at a new prompt length"),
         ([r["e2e_speedup"] for r in rows], "s-", f"end-to-end speed-up ({rows[0]['new_tokens']} new tokens)"),
         ([r["flops_ratio"] for r in rows], "k--", "prefill FLOPs ratio (ideal)"),
     ], title, "dense time / SDTP time")
@@ -238,7 +278,8 @@ def main() -> None:
         rows.append(row)
         print(
             f"{context:>7} tokens  prefill dense {row['dense_prefill_s']:.3f}s sdtp {row['sdtp_prefill_s']:.3f}s "
-            f"({row['prefill_speedup']:.2f}x, FLOPs {row['flops_ratio']:.2f}x)  overhead {row['overhead_s']:.3f}s "
+            f"({row['prefill_speedup']:.2f}x, at a new length {row['prefill_speedup_new_length']:.2f}x, "
+            f"FLOPs {row['flops_ratio']:.2f}x)  overhead {row['overhead_s']:.3f}s "
             f"({100 * row['overhead_share']:.1f}%)  e2e {row['e2e_speedup']:.2f}x "
             f"(first {row['e2e_speedup_first']:.2f}x)  "
             f"peak mem {row['peak_mem_dense'] / 2**20:.0f} -> {row['peak_mem_sdtp'] / 2**20:.0f} MiB",
@@ -255,8 +296,9 @@ def main() -> None:
         "preset": preset_name,
         "model": {**preset["model"], "dtype": str(preset["dtype"]), "attn_implementation": "sdpa"},
         "sdtp": sdtp.to_dict(),
-        "timing": f"best of {args.repeats} prefills, dense and SDTP interleaved; end-to-end: the second of two "
-                  "generates each (the first, with one-time costs, as *_first)",
+        "timing": f"best of {args.repeats} prefills, dense and SDTP interleaved (*_new_length: each at a prompt "
+                  "length not run before); end-to-end: the second of two generates each (the first, with one-time "
+                  "costs, as *_first)",
         "clock": args.clock,
         "peak_mem_method": PEAK_MEM_METHOD[args.device],
         "flops_method": FLOPS_METHOD,

@@ -4,6 +4,7 @@ selects and compacts the hidden states, and it hands every pruned layer the posi
 tokens that layer holds (docs/ARCHITECTURE.md §4)."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import weakref
 from typing import Any, Optional
@@ -15,6 +16,7 @@ from .. import ops
 from ..config import SDTPConfig
 from ..devices import to_device
 from ..predictor import SaliencyPredictor
+from .attention_backends import pruned_layer_sdpa
 from .cache_state import PrunedCacheState, attach, cached_keys, seen_keys, state_of
 from .families import gather_rows
 from .masks import format_mask, slot_mask
@@ -62,6 +64,7 @@ class _Forward:
         self.query_slots: Optional[torch.Tensor] = None  # decode: the new tokens' columns
         self.columns = 0  # every column so far: the cached ones and this forward's
         self.group_inputs: dict[tuple, dict[str, Any]] = {}  # (group, window, visible keys) -> layer inputs
+        self.pruned_sdpa: Optional[contextlib.ExitStack] = None  # entered at the first pruned layer, left in close()
 
     def layer_inputs(self, layer, hidden: torch.Tensor, kwargs: dict):
         """The hidden states and keyword arguments that SDTPDecoderLayer `layer` runs its layer on."""
@@ -72,6 +75,10 @@ class _Forward:
         group = self.state.group_of_stage[layer.stage]
         if group is None:
             return hidden, kwargs
+        if self.pruned_sdpa is None:
+            self.pruned_sdpa = contextlib.ExitStack()
+            self.pruned_sdpa.enter_context(pruned_layer_sdpa(
+                hidden.device, self.past_length > 0, self.runtime.model_config._attn_implementation))
         # The keys the layer's attention sees: what its cache holds (a sliding-window layer keeps only its last
         # window - 1) and this forward's tokens.
         total = self.state.key_slots[group].shape[1]
@@ -90,6 +97,11 @@ class _Forward:
         if key not in self.group_inputs:
             self.group_inputs[key] = self._group_inputs(group, layer.window, visible, kwargs, hidden.dtype)
         return hidden, {**kwargs, **self.group_inputs[key]}
+
+    def close(self) -> None:
+        """The forward has ended, returned or raised."""
+        if self.pruned_sdpa is not None:
+            self.pruned_sdpa.close()
 
     def _start(self, hidden: torch.Tensor, kwargs: dict) -> None:
         run = self.runtime
@@ -297,4 +309,6 @@ class SDTPRuntime:
         self._positional = None
 
     def _end(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.forward is not None:
+            self.forward.close()
         self.forward = None
