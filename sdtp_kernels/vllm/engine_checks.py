@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 from .architectures import TESTED_VLLM_VERSIONS
 from .defaults import WRAPPED
@@ -22,8 +23,11 @@ _INTERNALS = [
     ("vllm.forward_context", "get_forward_context"),
     ("vllm.model_executor.layers.attention", "Attention"),
     ("vllm.model_executor.models.config", "MODELS_CONFIG_MAP"),
+    ("vllm.config", "VllmConfig.use_v2_model_runner"),
     *(("vllm.config", f"ModelConfig.{name}") for name in WRAPPED),
 ]
+# vLLM's switch between its model runners; the pruned step runs in the V1 runner (runner_link.py).
+V2_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 _COMMON_FIELDS = {"query_start_loc", "query_start_loc_cpu", "seq_lens", "seq_lens_cpu_upper_bound", "num_reqs",
                   "num_actual_tokens", "max_query_len", "max_seq_len", "block_table_tensor", "slot_mapping",
                   "causal", "positions", "is_prefilling"}
@@ -66,6 +70,16 @@ def check_internals() -> None:
                        ", ".join(TESTED_VLLM_VERSIONS), vllm.__version__)
 
 
+def choose_v1_runner() -> None:
+    """Where V2_RUNNER_ENV is unset, set it to 0. vLLM picks its V2 model runner wherever Triton is installed (every
+    CUDA machine), and that runner never calls the V1 runner's _model_forward that runner_link wraps, so SDTP models
+    would serve every request unpruned. Set here, while the engine's configuration is made: its processes start later
+    and inherit it."""
+    if os.environ.get(V2_RUNNER_ENV) is None:
+        os.environ[V2_RUNNER_ENV] = "0"
+        logger.info("SDTP: using vLLM's V1 model runner (%s=0), the one its pruned step runs in", V2_RUNNER_ENV)
+
+
 def refusals(vllm_config) -> list[str]:
     """What in this configuration pruning cannot serve, each with what to pass instead."""
     model, cache = vllm_config.model_config, vllm_config.cache_config
@@ -87,6 +101,9 @@ def refusals(vllm_config) -> list[str]:
         found.append("pipeline parallelism: use pipeline_parallel_size=1 (tensor parallelism is supported)")
     if parallel.decode_context_parallel_size > 1:
         found.append("decode context parallelism: use decode_context_parallel_size=1")
+    if vllm_config.use_v2_model_runner:
+        found.append(f"vLLM's V2 model runner ({V2_RUNNER_ENV}=1, or a feature that needs it): SDTP's pruned step runs "
+                     f"in the V1 runner; leave {V2_RUNNER_ENV} unset (SDTP then sets it to 0) or set it to 0")
     if vllm_config.lora_config is not None:
         found.append("LoRA (its kernels index the step's tokens, which pruned layers no longer hold): serve without "
                      "enable_lora")
@@ -104,6 +121,7 @@ class SDTPEngineChecks:
         check_internals()
         model = vllm_config.model_config
         served_schedule(model.model, model.hf_config)  # a bad folder or override fails here, not in a worker
+        choose_v1_runner()
         refused = refusals(vllm_config)
         if refused:
             raise ValueError(f"SDTP ({model.architecture}) cannot serve with " + "; ".join(refused))

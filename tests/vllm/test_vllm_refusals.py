@@ -1,8 +1,10 @@
 """What pruning cannot serve yet is refused when the engine's configuration is made, before any process starts,
 each with a message naming the feature and what to pass instead (docs/ARCHITECTURE.md §7.4)."""
+import os
+
 import pytest
 
-from engine import start
+from engine import ENGINE, start
 from tiny import write_exported_model
 
 
@@ -55,3 +57,22 @@ def test_moved_vllm_internals_name_the_version(folder, monkeypatch):
     monkeypatch.setattr(engine_checks, "_INTERNALS", moved)
     _refused(folder, f"tested with vLLM 0.32.0; the installed vLLM {vllm.__version__} lacks .*_no_such_method",
              error=RuntimeError)
+
+
+def test_the_v2_model_runner(folder, monkeypatch):
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    _refused(folder, "V2 model runner .VLLM_USE_V2_MODEL_RUNNER=1.*leave VLLM_USE_V2_MODEL_RUNNER unset")
+
+
+def test_the_v1_model_runner_is_chosen_where_vllm_would_pick_v2(folder, monkeypatch):
+    """vLLM picks its V2 runner wherever Triton is installed (every CUDA machine), where the pruned step, which runs in
+    the V1 runner, would never run: SDTP sets VLLM_USE_V2_MODEL_RUNNER=0 unless the user set it."""
+    import vllm.config.vllm
+    from vllm.engine.arg_utils import EngineArgs
+
+    monkeypatch.setattr(vllm.config.vllm, "HAS_TRITON", True)  # as on a CUDA machine
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "")  # recorded as unset, so that the test leaves it unset
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER")
+    config = EngineArgs(model=str(folder), **ENGINE).create_engine_config()
+    assert not config.use_v2_model_runner
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
