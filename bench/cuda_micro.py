@@ -23,7 +23,6 @@ The JSON records the source, build and matmul settings it measured (sdtp_kernels
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -326,22 +325,12 @@ def bench_compact(torch, sdtp, ref, size, iters, ceilings):
 SCORE_PATHS = ("fused", "gemm", "auto")  # SDTP_SCORE_PATH values (csrc/cuda/score_paths.h)
 
 
-@contextlib.contextmanager
 def score_path(path):
     """SDTP_SCORE_PATH = path (the op reads it on every call) inside the block, nothing for None: set around the
     timed calls, not in them, so that the path's figures do not include setting it."""
-    if path is None:
-        yield
-        return
-    old = os.environ.get("SDTP_SCORE_PATH")
-    os.environ["SDTP_SCORE_PATH"] = path
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["SDTP_SCORE_PATH"]
-        else:
-            os.environ["SDTP_SCORE_PATH"] = old
+    from sdtp_kernels.measure import environment_variable
+
+    return environment_variable("SDTP_SCORE_PATH", path)
 
 
 def bench_score(torch, sdtp, size, rounds, queued_iters, ceilings):

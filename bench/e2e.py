@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import os
 import platform
 import time
 from typing import Optional
@@ -27,8 +26,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.hf import apply_sdtp, sdtp_disabled
 from sdtp_kernels.hf.attention_backends import AVOID_CUDNN_ENV
-from sdtp_kernels.measure import (CLOCKS, FLOPS_METHOD, PEAK_MEM_METHOD, flops, layer_tokens, measure, profiling,
-                                  provenance)
+from sdtp_kernels.measure import (CLOCKS, FLOPS_METHOD, PEAK_MEM_METHOD, environment_variable, flops, layer_tokens,
+                                  measure, profiling, provenance)
 
 PRESETS = {
     "cpu": dict(
@@ -95,7 +94,7 @@ def first_generate_profile(model, context: int, new_tokens: int, device: str, to
         length = context + offset
         ids = torch.randint(1, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(length))
         disabled = sdtp_disabled(model) if name == "dense" else contextlib.nullcontext()
-        with environment(AVOID_CUDNN_ENV, avoid_cudnn), disabled, torch.no_grad(), profiling(device) as p:
+        with environment_variable(AVOID_CUDNN_ENV, avoid_cudnn), disabled, torch.no_grad(), profiling(device) as p:
             start = time.perf_counter()
             model.generate(ids.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
             if device == "cuda":
@@ -106,23 +105,6 @@ def first_generate_profile(model, context: int, new_tokens: int, device: str, to
             {"name": e.key, "calls": e.count, "self_cpu_s": e.self_cpu_time_total / 1e6,
              "cpu_total_s": e.cpu_time_total / 1e6} for e in events]}
     return result
-
-
-@contextlib.contextmanager
-def environment(name: str, value: Optional[str]):
-    """The environment variable `name` set to `value` (None: left as it is) inside the block."""
-    if value is None:
-        yield
-        return
-    saved = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = saved
 
 
 def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: str, repeats: int, clock) -> dict:

@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import torch
 
@@ -128,6 +129,23 @@ def _native_stderr_silenced():
         os.dup2(saved, 2)
         os.close(saved)
 
+
+@contextlib.contextmanager
+def environment_variable(name: str, value: Optional[str]):
+    """The environment variable `name` set to `value` inside the block and as it was after it; nothing for None. For
+    the settings the library reads at every call (SDTP_SCORE_PATH, SDTP_AVOID_CUDNN_SDPA), which benchmarks vary."""
+    if value is None:
+        yield
+        return
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = saved
 
 def provenance() -> dict:
     """What a benchmark's figures depend on besides its own arguments: the source (a hash of the package's Python

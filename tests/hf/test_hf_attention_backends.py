@@ -148,4 +148,3 @@ def test_pruned_layers_decode_without_cudnn_on_a_gpu(monkeypatch, when):
         pytest.skip(f"torch does not choose cuDNN attention on {torch.cuda.get_device_name()}")
     assert dense == steps * LAYERS
     assert decoding == steps * (LAYERS if when == "never" else PRUNING.start_layer)
-
