@@ -368,8 +368,10 @@ Workspace make_workspace(int64_t B, int64_t chunks, const at::TensorOptions& opt
 
 // A per-row argument as the kernels take it: a one-element CPU tensor by value (no copy to the device), anything
 // else as a [B] int64 tensor on the device. `host` gets the [B] values when they are on the CPU (else undefined).
-// [B] values on the CPU go to the device from pinned memory without waiting for the stream; under graph capture no
-// copy from the host can be captured, so they are refused there with the argument's name.
+// [B] values on the CPU go to the device from pinned memory without waiting for the stream, always from a staging
+// copy of our own: `host` may be the caller's tensor, and pin_memory() returns a pinned tensor itself, which the
+// caller may refill before the stream has read it. Under graph capture no copy from the host can be captured, so
+// they are refused there with the argument's name.
 void row_argument(const at::Tensor& t, const char* name, int64_t B, at::Device device, bool captured,
                   at::Tensor& holder, const int64_t** ptr, int64_t* scalar, at::Tensor& host) {
   if (t.device().is_cpu()) host = per_row(t, B, at::kCPU);
@@ -381,7 +383,8 @@ void row_argument(const at::Tensor& t, const char* name, int64_t B, at::Device d
   if (t.device().is_cpu()) {
     TORCH_CHECK_VALUE(!captured, "sdtp.select_tokens: argument '", name, "' must be an int, a 0-d tensor or a ",
                       "tensor on scores' device under CUDA graph capture (a copy from the host cannot be captured)");
-    holder = host.pin_memory().to(device, /*non_blocking=*/true);
+    const at::Tensor staged = at::empty(host.sizes(), host.options().pinned_memory(true)).copy_(host);
+    holder = staged.to(device, /*non_blocking=*/true);
   } else {
     holder = per_row(t, B, device);
   }

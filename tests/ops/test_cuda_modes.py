@@ -216,3 +216,18 @@ def test_score_with_more_than_2_31_elements():
     tail = hidden[-64:]  # rows past element 2^31: the same as the op on those rows alone, within the tolerance
     ref = python_ref.saliency_score(tail.double(), *weights, compute_dtype=torch.float64)  # returned as float32
     torch.testing.assert_close(full[-64:], ref, rtol=2e-2, atol=2e-2)
+
+
+def test_select_reads_host_keep_as_it_was_at_the_call():
+    """A pinned host keep refilled right after the call, while the stream is still busy: the op stages its own copy,
+    so the kernel sees the values of the call, not the refill."""
+    g = torch.Generator().manual_seed(5)
+    B, N = 4, 2048
+    scores = torch.randn(B, N, generator=g).cuda()
+    keep = torch.tensor([100, 200, 300, 400]).pin_memory()
+    want = sdtp_kernels.select_tokens(scores.cpu(), keep.clone(), num_sink=4, width=N)
+    torch.cuda._sleep(200_000_000)  # a busy stream: the host-to-device copy runs after the refill below
+    got = sdtp_kernels.select_tokens(scores, keep, num_sink=4, width=N)
+    keep.fill_(N)
+    torch.cuda.synchronize()
+    assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
