@@ -3,7 +3,6 @@
 // (sdtp_kernels.ops.cuda_score_path).
 #include <ATen/Context.h>
 #include <c10/util/Exception.h>
-#include <torch/version.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -13,22 +12,12 @@
 namespace sdtp {
 namespace {
 
-// Whether cuBLAS may run float32 matmuls in TF32: torch.backends.cuda.matmul.allow_tf32,
-// torch.set_float32_matmul_precision or torch.backends.(cuda.matmul.)fp32_precision. Once the fp32_precision
-// settings are used, torch refuses the older queries, so the newer one is read where the headers have it (checked
-// from torch 2.14 on); with older headers a refused query counts as TF32 (the fused path meets the float32
-// tolerance either way).
+// Whether cuBLAS may run float32 matmuls in TF32: the precision torch resolves for CUDA matmuls from
+// torch.backends.cuda.matmul.allow_tf32, torch.set_float32_matmul_precision and the fp32_precision settings, in
+// whatever mix they were set (the older queries refuse to answer once the newer settings are used).
 bool cublas_may_use_tf32() {
-  const auto& ctx = at::globalContext();
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 14)
-  return ctx.float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) == at::Float32Precision::TF32;
-#else
-  try {
-    return ctx.allowTF32CuBLAS() || ctx.float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST;
-  } catch (const c10::Error&) {
-    return true;
-  }
-#endif
+  return at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
+         at::Float32Precision::TF32;
 }
 
 }  // namespace

@@ -151,22 +151,19 @@ def test_cuda_score_path_variable_is_checked(monkeypatch):
         sdtp_kernels.saliency_score(*(t.cuda() for t in make_inputs((2,), 8, 4, torch.float32)))
 
 
-# The rule that picks the CUDA path (csrc/cuda/score_rule.cu) under each of torch's matmul settings: the path per
-# dtype. Each case runs in its own process: once fp32_precision is set, torch refuses the older query for the
-# process. Before torch 2.14 the rule can only ask the older query, and counts a refused one as TF32: where an
-# fp32_precision setting that is not TF32 may be refused, either path is right for float32 (never gemm under TF32).
-OLD_TORCH = tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 14)
-EITHER = "fused or gemm"
+# The rule that picks the CUDA path (csrc/cuda/score_rule.cu) under each of torch's matmul settings, alone and mixed:
+# the path per dtype. Each case runs in its own process (settings are process-wide, and once fp32_precision is set
+# torch refuses the older queries for the process).
 RULE_CASES = [
     ("", {"float32": "gemm", "float16": "gemm", "bfloat16": "gemm"}),
     ("torch.backends.cuda.matmul.allow_tf32 = True", {"float32": "fused", "bfloat16": "gemm"}),
     ('torch.set_float32_matmul_precision("high")', {"float32": "fused", "bfloat16": "gemm"}),
     ('torch.backends.cuda.matmul.fp32_precision = "tf32"', {"float32": "fused", "float16": "gemm", "bfloat16": "gemm"}),
     ('torch.backends.fp32_precision = "tf32"', {"float32": "fused", "bfloat16": "gemm"}),
-    ('torch.backends.cuda.matmul.fp32_precision = "ieee"', {"float32": EITHER if OLD_TORCH else "gemm",
-                                                            "bfloat16": "gemm"}),
-    ('torch.backends.mkldnn.matmul.fp32_precision = "bf16"', {"float32": EITHER if OLD_TORCH else "gemm",
-                                                              "bfloat16": "gemm"}),
+    ('torch.backends.cuda.matmul.fp32_precision = "ieee"', {"float32": "gemm", "bfloat16": "gemm"}),
+    ('torch.backends.mkldnn.matmul.fp32_precision = "bf16"', {"float32": "gemm", "bfloat16": "gemm"}),
+    ('torch.set_float32_matmul_precision("high"); torch.backends.cuda.matmul.allow_tf32 = False', {"float32": "gemm"}),
+    ('torch.backends.fp32_precision = "tf32"; torch.backends.cuda.matmul.fp32_precision = "ieee"', {"float32": "gemm"}),
     ("torch.backends.cuda.matmul.allow_fp16_accumulation = True", {"float32": "gemm", "float16": "fused",
                                                                    "bfloat16": "gemm"}),
     ("os.environ['SDTP_SCORE_PATH'] = 'fused'", {"float32": "fused", "float16": "fused", "bfloat16": "fused"}),
@@ -182,7 +179,7 @@ def run_with_setting(setting, body):
     return done.stdout
 
 
-@pytest.mark.cuda  # selected by the GPU check (whose torch may take the rule's other branch), runs without a device
+@pytest.mark.cuda  # selected by the GPU check too (another torch there), runs without a device
 @pytest.mark.skipif(not CUDA_COMPILED, reason="needs the CUDA build (not a device)")
 @pytest.mark.parametrize("setting, expected", RULE_CASES)
 def test_cuda_score_path_rule_under_each_matmul_setting(setting, expected):
@@ -192,7 +189,7 @@ def test_cuda_score_path_rule_under_each_matmul_setting(setting, expected):
     got = json.loads(out.splitlines()[-1])
     assert got.keys() == expected.keys()
     for dtype, path in got.items():
-        assert path in ("fused", "gemm") if expected[dtype] == EITHER else path == expected[dtype], (dtype, path)
+        assert path == expected[dtype], (dtype, path)
 
 
 @pytest.mark.skipif(not CUDA_COMPILED, reason="needs the CUDA build (not a device)")
