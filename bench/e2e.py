@@ -53,6 +53,35 @@ def build_model(preset: dict, device: str) -> LlamaForCausalLM:
     return model
 
 
+class FreshLengths:
+    """Prompt lengths that no forward of this run has used, as a server meets its prompts: what is built per shape
+    (cuDNN attention's graphs, one per pruned token set in SDTP) is paid in the call that meets it. Each length
+    reserves the key lengths its calls meet, [length, length + span] (span: the decode steps of a generate), apart
+    from every other's, so that no call reuses what an earlier one built; the lengths lie just below a context."""
+
+    def __init__(self):
+        self.taken: list[tuple[int, int]] = []
+
+    def reserve(self, length: int, span: int) -> int:
+        self.taken.append((length, length + span))
+        return length
+
+    def below(self, context: int, span: int) -> int:
+        length = context - 1
+        while any(lo <= length + span and length <= hi for lo, hi in self.taken):
+            length -= 1
+        if length < 1:
+            raise ValueError(f"no prompt length below {context} is left unused (each takes {span + 1} key lengths): "
+                             "use a longer context (--contexts) or fewer new tokens (--new-tokens)")
+        return self.reserve(length, span)
+
+
+def random_ids(length: int, vocab_size: int, device: str) -> torch.Tensor:
+    """[1, length] token ids, the same for the same length."""
+    generator = torch.Generator().manual_seed(length)
+    return torch.randint(1, vocab_size, (1, length), generator=generator).to(device)
+
+
 def dense_and_sdtp(model, fn, device: str, repeats: int, clock) -> tuple[list, list]:
     """(time, peak memory) of `repeats` calls of fn without and with pruning, in call order, interleaved so that a
     busy machine slows both alike."""
@@ -84,64 +113,79 @@ def prune_overhead(prefill, device: str) -> tuple[float, Optional[float]]:
     return sum(e.device_time_total for e in on_cpu) / 1e6, span
 
 
-def first_generate_profile(model, context: int, new_tokens: int, device: str, top: int = 15) -> dict:
+# The operators that run attention in torch's SDPA, one per backend (cuDNN, FlashAttention, memory-efficient, math,
+# the CPU's flash): their call counts show which backend each profiled variant ran.
+SDPA_BACKEND_PREFIX = "aten::_scaled_dot_product_"
+
+
+def first_generate_profile(model, fresh: FreshLengths, context: int, new_tokens: int, device: str,
+                           top: int = 15) -> dict:
     """Where a first generate's time goes: dense, SDTP, and SDTP with torch's own SDPA order in its pruned layers
-    (SDTP_AVOID_CUDNN_SDPA=never), each one generate at a prompt length not seen before (context + 1, + 2, + 3),
-    profiled; its wall time under the profiler and the operators and CUDA runtime calls that took the most host time
-    (cuDNN attention builds a graph per new shape inside aten::_scaled_dot_product_cudnn_attention)."""
+    (SDTP_AVOID_CUDNN_SDPA=never), each one generate at its own fresh prompt length below `context`, profiled; its
+    wall time under the profiler, the calls of each SDPA backend's operator, and the operators and CUDA runtime calls
+    that took the most host time (cuDNN attention builds a graph per new shape inside
+    aten::_scaled_dot_product_cudnn_attention)."""
     result = {}
-    for offset, name, avoid_cudnn in ((1, "dense", None), (2, "sdtp", None), (3, "sdtp_cudnn_sdpa", "never")):
-        length = context + offset
-        ids = torch.randint(1, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(length))
+    for name, avoid_cudnn in (("dense", None), ("sdtp", "decode"), ("sdtp_cudnn_sdpa", "never")):
+        length = fresh.below(context, new_tokens)
+        ids = random_ids(length, model.config.vocab_size, device)
         disabled = sdtp_disabled(model) if name == "dense" else contextlib.nullcontext()
         with environment_variable(AVOID_CUDNN_ENV, avoid_cudnn), disabled, torch.no_grad(), profiling(device) as p:
             start = time.perf_counter()
-            model.generate(ids.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
             if device == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-        events = sorted(p.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
-        result[name] = {"prompt_tokens": length, "wall_s_profiled": seconds, "top_self_cpu": [
-            {"name": e.key, "calls": e.count, "self_cpu_s": e.self_cpu_time_total / 1e6,
-             "cpu_total_s": e.cpu_time_total / 1e6} for e in events]}
+        events = p.key_averages()
+        top_events = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+        result[name] = {
+            "prompt_tokens": length, "wall_s_profiled": seconds,
+            "sdpa_calls": {e.key: e.count for e in events if e.key.startswith(SDPA_BACKEND_PREFIX)},
+            "top_self_cpu": [{"name": e.key, "calls": e.count, "self_cpu_s": e.self_cpu_time_total / 1e6,
+                              "cpu_total_s": e.cpu_time_total / 1e6} for e in top_events]}
     return result
 
 
-def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: str, repeats: int, clock) -> dict:
+def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_tokens: int, device: str,
+                repeats: int, clock) -> dict:
     config = model.config
-    ids = torch.randint(1, config.vocab_size, (1, context), generator=torch.Generator().manual_seed(context))
-    ids = ids.to(device)
+    ids = random_ids(context, config.vocab_size, device)
 
     def prefill():
         model(ids, use_cache=True, logits_to_keep=1)  # as generate() calls it
 
-    # Each call at a prompt length no forward has run at (context - 1, - 2, ...), as a server meets its prompts:
-    # what is built per shape (cuDNN attention's graphs, one per pruned token set in SDTP) is paid in the call.
-    new_lengths = iter(range(context - 1, 0, -1))
+    new_lengths = []  # prompt lengths of the prefills at a new length, in call order
 
     def prefill_new_length():
-        model(ids[:, :next(new_lengths)], use_cache=True, logits_to_keep=1)
+        new_lengths.append(fresh.below(context, 2))  # 2: consecutive lengths can share a deep stage's kept count
+        model(ids[:, :new_lengths[-1]], use_cache=True, logits_to_keep=1)
 
     allocations = []  # cudaMalloc calls of each generate, in call order
 
-    def generate():
-        before = device_allocations(device)
-        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        allocations.append(device_allocations(device) - before)
+    def generate(length: int):
+        def call():
+            before = device_allocations(device)
+            model.generate(ids[:, :length], max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            allocations.append(device_allocations(device) - before)
+        return call
 
     with torch.no_grad():
         dense_runs, sdtp_runs = dense_and_sdtp(model, prefill, device, repeats, clock)
         (dense_prefill, dense_prefill_mem), (sdtp_prefill, sdtp_prefill_mem) = min(dense_runs), min(sdtp_runs)
         dense_runs, sdtp_runs = dense_and_sdtp(model, prefill_new_length, device, repeats, clock)
         dense_prefill_new, sdtp_prefill_new = min(dense_runs)[0], min(sdtp_runs)[0]
-        # Twice each: the first generate at a new prompt length also pays one-time costs (on an H200 SDTP's took
-        # ~9 s at 4K and at 16K tokens where dense took 2.5 and 1.8 s, before its decoding avoided cuDNN attention,
-        # docs/ARCHITECTURE.md §4.6; not seen on the CPU); the second is the steady state. The caching allocator's
+        # A first generate at a new prompt length pays one-time costs (on an H200 SDTP's took ~9 s at 4K and at 16K
+        # tokens where dense took 2.5 and 1.8 s, before its decoding avoided cuDNN attention, docs/ARCHITECTURE.md
+        # §4.6; not seen on the CPU): dense and SDTP each at a fresh length of its own, so that neither reuses what
+        # the other built. The steady state is the second of two generates at the context. The caching allocator's
         # cudaMalloc calls per generate are recorded to test another explanation: pruned layers hold caches of other
         # sizes than dense ones, which it may have to allocate afresh.
-        dense_runs, sdtp_runs = dense_and_sdtp(model, generate, device, 2, clock)
+        first_lengths = {"dense": fresh.below(context, new_tokens), "sdtp": fresh.below(context, new_tokens)}
+        with sdtp_disabled(model):
+            dense_e2e_first = measure(generate(first_lengths["dense"]), device, clock)[0]
+        sdtp_e2e_first = measure(generate(first_lengths["sdtp"]), device, clock)[0]
+        dense_runs, sdtp_runs = dense_and_sdtp(model, generate(context), device, 2, clock)
         (dense_e2e, dense_mem), (sdtp_e2e, sdtp_mem) = dense_runs[1], sdtp_runs[1]
-        dense_e2e_first, sdtp_e2e_first = dense_runs[0][0], sdtp_runs[0][0]
         overhead, overhead_span = prune_overhead(prefill, device)
 
     layers = config.num_hidden_layers
@@ -164,6 +208,7 @@ def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: 
         "dense_prefill_new_length_s": dense_prefill_new,
         "sdtp_prefill_new_length_s": sdtp_prefill_new,
         "prefill_speedup_new_length": dense_prefill_new / sdtp_prefill_new,
+        "new_length_prompt_tokens": new_lengths,
         "flops_ratio": flops_dense / flops_sdtp,
         "overhead_share": overhead / sdtp_prefill,
         "new_tokens": new_tokens,
@@ -173,7 +218,9 @@ def run_context(model, sdtp: SDTPConfig, context: int, new_tokens: int, device: 
         "dense_e2e_first_s": dense_e2e_first,
         "sdtp_e2e_first_s": sdtp_e2e_first,
         "e2e_speedup_first": dense_e2e_first / sdtp_e2e_first,
-        "device_allocations_e2e": dict(zip(("dense_first", "sdtp_first", "dense", "sdtp"), allocations)),
+        "e2e_first_prompt_tokens": first_lengths,
+        "device_allocations_e2e": dict(zip(("dense_first", "sdtp_first", "dense_warm_up", "sdtp_warm_up", "dense",
+                                            "sdtp"), allocations)),
         "flops_e2e_dense": flops_e2e_dense,
         "flops_e2e_sdtp": flops_e2e_sdtp,
         "peak_mem_prefill_dense": dense_prefill_mem,
@@ -239,7 +286,8 @@ def main() -> None:
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--plot", help="write a PNG plot of speed-up vs context here")
     parser.add_argument("--profile-first", action="store_true",
-                        help="also profile a first generate, dense and SDTP, at a new length near the first context")
+                        help="also profile a first generate, dense and SDTP, each at a fresh length below the first "
+                             "context")
     args = parser.parse_args()
 
     if args.threads:
@@ -255,9 +303,36 @@ def main() -> None:
         model(torch.ones(1, 64, dtype=torch.long, device=args.device), use_cache=True, logits_to_keep=1)
 
     rows = []
+    result = {
+        "rows": rows,
+        "machine": machine(args.device),
+        "provenance": provenance(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": args.device,
+        "preset": preset_name,
+        "model": {**preset["model"], "dtype": str(preset["dtype"]), "attn_implementation": "sdpa"},
+        "sdtp": sdtp.to_dict(),
+        "timing": f"best of {args.repeats} prefills, dense and SDTP interleaved (*_new_length: each at its own prompt "
+                  "length not run before); end-to-end: the second of two generates at the context each; *_first: "
+                  "one generate each at its own fresh prompt length (e2e_first_prompt_tokens), with one-time costs",
+        "clock": args.clock,
+        "peak_mem_method": PEAK_MEM_METHOD[args.device],
+        "flops_method": FLOPS_METHOD,
+        "finished": False,
+    }
+
+    def save():  # after every context: a run cut short keeps what it measured
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=2)
+
+    fresh = FreshLengths()
+    for context in contexts:  # the contexts' own key lengths are never taken as fresh ones
+        fresh.reserve(context, new_tokens)
     for context in contexts:
-        row = run_context(model, sdtp, context, new_tokens, args.device, args.repeats, CLOCKS[args.clock])
+        row = run_context(model, sdtp, fresh, context, new_tokens, args.device, args.repeats, CLOCKS[args.clock])
         rows.append(row)
+        save()
         print(
             f"{context:>7} tokens  prefill dense {row['dense_prefill_s']:.3f}s sdtp {row['sdtp_prefill_s']:.3f}s "
             f"({row['prefill_speedup']:.2f}x, at a new length {row['prefill_speedup_new_length']:.2f}x, "
@@ -267,27 +342,10 @@ def main() -> None:
             f"peak mem {row['peak_mem_dense'] / 2**20:.0f} -> {row['peak_mem_sdtp'] / 2**20:.0f} MiB",
             flush=True,
         )
-    result = {
-        "rows": rows,
-        **({"first_generate_profile": first_generate_profile(model, contexts[0], new_tokens, args.device)}
-           if args.profile_first else {}),
-        "machine": machine(args.device),
-        "provenance": provenance(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": args.device,
-        "preset": preset_name,
-        "model": {**preset["model"], "dtype": str(preset["dtype"]), "attn_implementation": "sdpa"},
-        "sdtp": sdtp.to_dict(),
-        "timing": f"best of {args.repeats} prefills, dense and SDTP interleaved (*_new_length: each at a prompt "
-                  "length not run before); end-to-end: the second of two generates each (the first, with one-time "
-                  "costs, as *_first)",
-        "clock": args.clock,
-        "peak_mem_method": PEAK_MEM_METHOD[args.device],
-        "flops_method": FLOPS_METHOD,
-    }
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    if args.profile_first:
+        result["first_generate_profile"] = first_generate_profile(model, fresh, contexts[0], new_tokens, args.device)
+    result["finished"] = True
+    save()
     if args.plot:
         plot(rows, args.plot, f"SDTP vs dense: {preset_name} preset on {args.device}")
 

@@ -189,14 +189,16 @@ step cuda_micro 240 "$PY" bench/cuda_micro.py "${bench_args[@]}"
 sanitize racecheck synccheck
 
 # End-to-end prefill benchmark (bench/e2e.py), modest contexts by default so it fits the budget. Its H200 run took
-# 51 s at 4K and 16K tokens; 32K, 32 new tokens and --profile-first (a dense and an SDTP first generate;
-# SDTP's took ~9 s there) add to that.
+# 51 s at 4K and 16K tokens; 32K, 32 new tokens, a first generate each for dense and SDTP at fresh prompt lengths
+# (SDTP's took ~9 s there), and --profile-first (three more) add to that. e2e.json is rewritten after every
+# context: a run cut short keeps what it measured.
 e2e_args=${GPU_CHECK_E2E_ARGS:---contexts 4096 16384 32768 --new-tokens 32 --repeats 2 --profile-first}
 [ "$DRY_RUN" = 1 ] && e2e_args="--preset cpu --contexts 256 --new-tokens 2 --repeats 1 --profile-first"
 # shellcheck disable=SC2086
 step e2e 280 "$PY" bench/e2e.py --device "$DEV" $e2e_args --out "$OUT/e2e.json" --plot "$OUT/e2e.png"
 
-# The whole suite last (CI runs it without a GPU anyway); whatever time is left.
+# The whole suite last (CI runs it without a GPU anyway), in whatever time is left: best effort, so running out of
+# time there is recorded but does not fail the check; a failing test does.
 dry_run_skip pytest || step pytest 420 "$PY" -m pytest -x -q -p no:cacheprovider -rfE tests "${ignore[@]}" \
   --junitxml="$OUT/pytest.xml"
 
@@ -241,9 +243,11 @@ for key in ("cuda_micro", "e2e"):
             report[key] = json.load(open(path))
         except Exception as e:
             report[key] = {"error": f"unreadable: {e}"}
-# A dry run has no GPU tools to find; on the GPU machine a missing one is a failure.
+# A dry run has no GPU tools to find; on the GPU machine a missing one is a failure. The whole suite is best effort.
 fine = ("ok", "skipped", "dry-run") + (("not-found",) if report["dry_run"] else ())
-report["all_ok"] = all(s["status"] in fine for s in report["steps"].values())
+report["best_effort_steps"] = {"pytest": ("timeout", "no-time")}
+report["all_ok"] = all(s["status"] in fine + report["best_effort_steps"].get(name, ())
+                       for name, s in report["steps"].items())
 with open(os.path.join(out, "gpu_check.json"), "w") as f:
     json.dump(report, f, indent=2)
 print(json.dumps({k: v["status"] for k, v in report["steps"].items()}, indent=1))

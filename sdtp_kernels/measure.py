@@ -151,7 +151,7 @@ def provenance() -> dict:
     """What a benchmark's figures depend on besides its own arguments: the source (a hash of the package's Python
     sources and, in a source tree, of csrc/; the git commit and whether the tree had changes where the package sits in
     its repository's root), the build, and the settings that choose kernels (torch's matmul precision flags,
-    SDTP_SCORE_PATH)."""
+    SDTP_SCORE_PATH, SDTP_AVOID_CUDNN_SDPA)."""
     from . import ops
 
     package = pathlib.Path(__file__).resolve().parent
@@ -162,7 +162,8 @@ def provenance() -> dict:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     info = {"source_sha256": digest.hexdigest()[:16], "git_commit": None, "git_dirty": None,
             "build_info": ops.build_info(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-            "SDTP_SCORE_PATH": os.environ.get("SDTP_SCORE_PATH"), "matmul": _matmul_settings()}
+            **{name: os.environ.get(name) for name in ("SDTP_SCORE_PATH", "SDTP_AVOID_CUDNN_SDPA")},
+            "matmul": _matmul_settings()}
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
