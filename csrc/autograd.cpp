@@ -45,22 +45,29 @@ class CompactFunction : public torch::autograd::Function<CompactFunction> {
     at::Tensor out = compact_kernel(x, index, dim, check);  // checks dim
     ctx->save_for_backward({index});
     ctx->saved_data["dim"] = dim < 0 ? dim + x.dim() : dim;
-    ctx->saved_data["sizes"] = x.sizes().vec();
+    // Symbolic sizes here and below: under torch.compile concrete ones would specialise every dim (a graph per shape).
+    ctx->saved_data["sizes"] = x.sym_sizes();
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const at::Tensor index = ctx->get_saved_variables()[0];
     const int64_t d = ctx->saved_data["dim"].toInt();
-    const at::Tensor& grad = grads[0];
-    // index [B, K] along the gradient's dims 0 and d; -1 entries (zeros in the output) add nothing.
-    std::vector<int64_t> shape(grad.dim(), 1);
-    shape[0] = index.size(0);
-    shape[d] = index.size(1);
-    const at::Tensor rows = index.reshape(shape).expand(grad.sizes());
-    at::Tensor grad_x = at::zeros(ctx->saved_data["sizes"].toIntVector(), grad.options());
-    grad_x.scatter_add_(d, rows.clamp_min(0), grad.masked_fill(rows.lt(0), 0));
-    return {grad_x, at::Tensor(), at::Tensor(), at::Tensor()};
+    const std::vector<c10::SymInt> sizes = ctx->saved_data["sizes"].toSymIntVector();
+    // x as rows [B * outer * N, inner...], the gradient as [B * outer * K, inner...]: output row (b, o, j) adds into
+    // row (b * outer + o) * N + index[b, j]. -1 entries go to one scratch row past the end, which is dropped: no
+    // gradient-sized temporaries (a mask, an expanded index, a masked copy), only grad_x and index-sized row ids.
+    c10::SymInt outer = 1;
+    for (int64_t i = 1; i < d; ++i) outer *= sizes[i];
+    const c10::SymInt B = sizes[0], N = sizes[d], rows = B * outer * N;
+    const at::Tensor starts = at::arange(c10::Scalar(B * outer), index.options()).mul_(c10::Scalar(N));
+    const at::Tensor dest = (starts.view_symint({B, outer, 1}) + index.unsqueeze(1))
+                                .masked_fill_(index.lt(0).unsqueeze(1), c10::Scalar(rows));
+    std::vector<c10::SymInt> padded(sizes.begin() + d, sizes.end());
+    padded[0] = rows + 1;
+    at::Tensor grad_x = at::zeros_symint(padded, grads[0].options());
+    grad_x.index_add_(0, dest.flatten(), grads[0].flatten(0, d));
+    return {grad_x.narrow_symint(0, 0, rows).view_symint(sizes), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -72,19 +79,25 @@ class CompactVarlenFunction : public torch::autograd::Function<CompactVarlenFunc
     auto [packed, cu_seqlens, longest] = compact_varlen_kernel(x, index);
     *max_seqlen = longest;
     ctx->save_for_backward({index});
-    ctx->saved_data["sizes"] = x.sizes().vec();
+    ctx->saved_data["sizes"] = x.sym_sizes();  // symbolic, as in CompactFunction
     ctx->mark_non_differentiable({cu_seqlens});
     return {packed, cu_seqlens};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const at::Tensor index = ctx->get_saved_variables()[0];
-    const std::vector<int64_t> sizes = ctx->saved_data["sizes"].toIntVector();
-    const int64_t N = sizes[1];
-    // The rows of x, flattened over [B, N], that the packed rows came from, in packing order (row-major).
-    const at::Tensor batch = at::arange(index.size(0), index.options()).unsqueeze(1);
-    const at::Tensor rows = (batch * N + index).masked_select(index.ge(0));
-    at::Tensor grad_x = at::zeros(sizes, grads[0].options());
+    const std::vector<c10::SymInt> sizes = ctx->saved_data["sizes"].toSymIntVector();
+    const c10::SymInt total = grads[0].sym_size(0);
+    // The rows of x, flattened over [B, N], that the packed rows came from: a kept entry's packed row is the number
+    // of kept entries before it (row-major, the packing order); the others write to a scratch slot past the end.
+    // Not masked_select, whose size is read back to the host (a sync on CUDA, a data-dependent size when traced).
+    const at::Tensor kept = index.ge(0).flatten();
+    const at::Tensor slot = kept.cumsum(0).sub_(1).masked_fill_(kept.logical_not(), c10::Scalar(total));
+    const at::Tensor starts = at::arange(c10::Scalar(sizes[0]), index.options()).mul_(c10::Scalar(sizes[1]));
+    const at::Tensor rows = at::empty_symint({total + 1}, index.options())
+                                .scatter_(0, slot, (starts.unsqueeze(1) + index).flatten())
+                                .narrow_symint(0, 0, total);
+    at::Tensor grad_x = at::zeros_symint(sizes, grads[0].options());
     grad_x.flatten(0, 1).index_add_(0, rows, grads[0]);
     return {grad_x, at::Tensor(), at::Tensor()};
   }

@@ -3,6 +3,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import python_ref
 import sdtp_kernels
@@ -122,6 +124,89 @@ def test_compact_varlen_gradient_matches_reference(device):
     torch.testing.assert_close(got.grad.cpu(), want.grad)
     x, index = x.to(device).requires_grad_(), index.to(device)
     torch.autograd.gradcheck(lambda t: sdtp_kernels.compact_varlen(t, index)[0], x)
+
+
+def any_index(B, N, K, generator):
+    """Any index the contract allows: -1 anywhere (at least one), positions in any order and taken several times."""
+    index = torch.randint(-1, N, (B, K), generator=generator)
+    index[0, 0] = -1
+    return index
+
+
+@pytest.mark.parametrize("shape,dim", LAYOUTS + [((3, 17), -1), ((2, 3, 2, 17, 4), 3), ((3, 4, 5, 17), -1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compact_gradient_any_index(shape, dim, dtype, device):
+    """x's gradient is the reference gather's, with x's dtype, device and sizes, for any index and an output gradient
+    that is not contiguous. Small integers add up exactly in any order, so the two must be equal."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(shape, generator=g).to(dtype)
+    index = any_index(shape[0], shape[dim], 2 * shape[dim], g)  # more entries than positions: some repeat
+    out_shape = python_ref.compact(x, index, dim).shape
+    grad_out = torch.randint(-8, 9, out_shape[::-1], generator=g).to(dtype).permute(*reversed(range(len(shape))))
+    got = x.to(device, copy=True).requires_grad_()
+    sdtp_kernels.compact(got, index.to(device), dim).backward(grad_out.to(device))
+    want = x.clone().requires_grad_()
+    python_ref.compact(want, index, dim).backward(grad_out)
+    assert got.grad.dtype == dtype and got.grad.device == got.device and got.grad.shape == shape
+    assert torch.equal(got.grad.cpu(), want.grad)
+
+
+@pytest.mark.parametrize("shape", [(3, 17), (4, 9, 2, 6)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compact_varlen_gradient_any_index(shape, dtype, device):
+    """As for compact, with a row that keeps nothing."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(shape, generator=g).to(dtype)
+    index = any_index(shape[0], shape[1], 2 * shape[1], g)
+    index[1] = -1
+    grad_out = torch.randint(-8, 9, python_ref.compact_varlen(x, index)[0].shape, generator=g).to(dtype)
+    got = x.to(device, copy=True).requires_grad_()
+    sdtp_kernels.compact_varlen(got, index.to(device))[0].backward(grad_out.to(device))
+    want = x.clone().requires_grad_()
+    python_ref.compact_varlen(want, index)[0].backward(grad_out)
+    assert got.grad.dtype == dtype and got.grad.device == got.device and got.grad.shape == shape
+    assert torch.equal(got.grad.cpu(), want.grad)
+
+
+def test_gradients_twice_differentiable():
+    index = torch.tensor([[-1, 0, 4, 4], [2, 3, -1, 1]])
+    x = torch.randn(2, 3, 5, 2, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradgradcheck(lambda t: sdtp_kernels.compact(t, index, 2), x)
+    torch.autograd.gradgradcheck(lambda t: sdtp_kernels.compact_varlen(t, index)[0], x[:, 0])
+
+
+class Storages(TorchDispatchMode):
+    """Every storage that the ops run under it return, new or an input's (views, in-place ops), kept alive so that no
+    address is reused."""
+
+    def __init__(self):
+        super().__init__()
+        self.storages = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.storages.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage())
+        return out
+
+
+@pytest.mark.parametrize("op,shape,dim", [("compact", (3, 4, 17, 64), 2), ("compact", (3, 17, 64), -2),
+                                          ("compact_varlen", (3, 17, 64), 1)])
+def test_gradient_memory(op, shape, dim, device):
+    """The backward allocates x's gradient and index-sized row numbers, nothing the size of the output's gradient (an
+    expanded index, a mask and a masked copy of it: 3.25 times its bytes in float32 before)."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(shape, generator=g).to(device).requires_grad_()
+    index = any_index(shape[0], shape[dim], 9, g).to(device)
+    out = sdtp_kernels.compact(x, index, dim) if op == "compact" else sdtp_kernels.compact_varlen(x, index)[0]
+    grad_out = torch.randn_like(out)
+    with Storages() as mode:
+        (grad,) = torch.autograd.grad(out, x, grad_out)
+    known = {t.untyped_storage().data_ptr() for t in (index, grad_out, grad)}
+    temporaries = sum(s.nbytes() for ptr, s in mode.storages.items() if ptr not in known)
+    limit = grad_out.nbytes // 4
+    assert 0 < temporaries < limit
 
 
 @settings(max_examples=150, deadline=None)

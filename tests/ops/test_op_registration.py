@@ -5,6 +5,7 @@ import textwrap
 
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
 import sdtp_kernels
 
@@ -69,6 +70,25 @@ def test_torch_compile_backward():
     (want,) = torch.autograd.grad(gather(hidden, index), hidden)
     (got,) = torch.autograd.grad(compiled(hidden, index), hidden)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("op", ["compact", "compact_varlen"])
+def test_torch_compile_backward_dynamic_shapes(op):
+    """The backward keeps sizes symbolic: under dynamic=True another shape (every dim and K new) reuses the graph."""
+    fn = {"compact": lambda x, index: sdtp_kernels.compact(x, index, -2),
+          "compact_varlen": lambda x, index: sdtp_kernels.compact_varlen(x, index)[0]}[op]
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend=counter)
+    g = torch.Generator().manual_seed(1)
+    for B, heads, N, D, K in [(3, 2, 7, 6, 4), (4, 3, 9, 10, 5)]:
+        x = torch.randn((B, heads, N, D) if op == "compact" else (B, N, D), generator=g, requires_grad=True)
+        index = torch.randint(-1, N, (B, K), generator=g)
+        grad_out = torch.randn(fn(x, index).shape, generator=g)
+        (got,) = torch.autograd.grad(compiled(x, index), x, grad_out)
+        (want,) = torch.autograd.grad(fn(x, index), x, grad_out)
+        torch.testing.assert_close(got, want)
+    assert counter.frame_count == 1
 
 
 def test_torch_compile_fullgraph():
