@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import platform
 import time
@@ -57,7 +58,8 @@ class FreshLengths:
     """Prompt lengths that no forward of this run has used, as a server meets its prompts: what is built per shape
     (cuDNN attention's graphs, one per pruned token set in SDTP) is paid in the call that meets it. Each length
     reserves the key lengths its calls meet, [length, length + span] (span: the decode steps of a generate), apart
-    from every other's, so that no call reuses what an earlier one built; the lengths lie just below a context."""
+    from every other's, so that no call reuses what an earlier one built; the lengths lie just below a context, or
+    just above it where there is no room below."""
 
     def __init__(self):
         self.taken: list[tuple[int, int]] = []
@@ -66,13 +68,13 @@ class FreshLengths:
         self.taken.append((length, length + span))
         return length
 
-    def below(self, context: int, span: int) -> int:
-        length = context - 1
-        while any(lo <= length + span and length <= hi for lo, hi in self.taken):
-            length -= 1
-        if length < 1:
-            raise ValueError(f"no prompt length below {context} is left unused (each takes {span + 1} key lengths): "
-                             "use a longer context (--contexts) or fewer new tokens (--new-tokens)")
+    def near(self, context: int, span: int) -> int:
+        def free(length: int) -> bool:
+            return not any(lo <= length + span and length <= hi for lo, hi in self.taken)
+
+        length = next((n for n in range(context - 1, 0, -1) if free(n)), None)
+        if length is None:
+            length = next(n for n in itertools.count(context + 1) if free(n))
         return self.reserve(length, span)
 
 
@@ -121,13 +123,13 @@ SDPA_BACKEND_PREFIX = "aten::_scaled_dot_product_"
 def first_generate_profile(model, fresh: FreshLengths, context: int, new_tokens: int, device: str,
                            top: int = 15) -> dict:
     """Where a first generate's time goes: dense, SDTP, and SDTP with torch's own SDPA order in its pruned layers
-    (SDTP_AVOID_CUDNN_SDPA=never), each one generate at its own fresh prompt length below `context`, profiled; its
+    (SDTP_AVOID_CUDNN_SDPA=never), each one generate at its own fresh prompt length near `context`, profiled; its
     wall time under the profiler, the calls of each SDPA backend's operator, and the operators and CUDA runtime calls
     that took the most host time (cuDNN attention builds a graph per new shape inside
     aten::_scaled_dot_product_cudnn_attention)."""
     result = {}
     for name, avoid_cudnn in (("dense", None), ("sdtp", "decode"), ("sdtp_cudnn_sdpa", "never")):
-        length = fresh.below(context, new_tokens)
+        length = fresh.near(context, new_tokens)
         ids = random_ids(length, model.config.vocab_size, device)
         disabled = sdtp_disabled(model) if name == "dense" else contextlib.nullcontext()
         with environment_variable(AVOID_CUDNN_ENV, avoid_cudnn), disabled, torch.no_grad(), profiling(device) as p:
@@ -157,15 +159,16 @@ def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_
     new_lengths = []  # prompt lengths of the prefills at a new length, in call order
 
     def prefill_new_length():
-        new_lengths.append(fresh.below(context, 2))  # 2: consecutive lengths can share a deep stage's kept count
-        model(ids[:, :new_lengths[-1]], use_cache=True, logits_to_keep=1)
+        new_lengths.append(fresh.near(context, 2))  # 2: consecutive lengths can share a deep stage's kept count
+        model(random_ids(new_lengths[-1], config.vocab_size, device), use_cache=True, logits_to_keep=1)
 
     allocations = []  # cudaMalloc calls of each generate, in call order
 
     def generate(length: int):
         def call():
             before = device_allocations(device)
-            model.generate(ids[:, :length], max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            prompt = ids if length == context else random_ids(length, config.vocab_size, device)
+            model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
             allocations.append(device_allocations(device) - before)
         return call
 
@@ -177,13 +180,14 @@ def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_
         # A first generate at a new prompt length pays one-time costs (on an H200 SDTP's took ~9 s at 4K and at 16K
         # tokens where dense took 2.5 and 1.8 s, before its decoding avoided cuDNN attention, docs/ARCHITECTURE.md
         # §4.6; not seen on the CPU): dense and SDTP each at a fresh length of its own, so that neither reuses what
-        # the other built. The steady state is the second of two generates at the context. The caching allocator's
+        # the other built, then again at that length: the difference is the first call's extra cost, whatever the
+        # two lengths. The steady state is the second of two generates at the context. The caching allocator's
         # cudaMalloc calls per generate are recorded to test another explanation: pruned layers hold caches of other
         # sizes than dense ones, which it may have to allocate afresh.
-        first_lengths = {"dense": fresh.below(context, new_tokens), "sdtp": fresh.below(context, new_tokens)}
+        first_lengths = {"dense": fresh.near(context, new_tokens), "sdtp": fresh.near(context, new_tokens)}
         with sdtp_disabled(model):
-            dense_e2e_first = measure(generate(first_lengths["dense"]), device, clock)[0]
-        sdtp_e2e_first = measure(generate(first_lengths["sdtp"]), device, clock)[0]
+            dense_first = [measure(generate(first_lengths["dense"]), device, clock)[0] for _ in range(2)]
+        sdtp_first = [measure(generate(first_lengths["sdtp"]), device, clock)[0] for _ in range(2)]
         dense_runs, sdtp_runs = dense_and_sdtp(model, generate(context), device, 2, clock)
         (dense_e2e, dense_mem), (sdtp_e2e, sdtp_mem) = dense_runs[1], sdtp_runs[1]
         overhead, overhead_span = prune_overhead(prefill, device)
@@ -215,12 +219,14 @@ def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_
         "dense_e2e_s": dense_e2e,
         "sdtp_e2e_s": sdtp_e2e,
         "e2e_speedup": dense_e2e / sdtp_e2e,
-        "dense_e2e_first_s": dense_e2e_first,
-        "sdtp_e2e_first_s": sdtp_e2e_first,
-        "e2e_speedup_first": dense_e2e_first / sdtp_e2e_first,
+        "dense_e2e_first_s": dense_first[0],
+        "sdtp_e2e_first_s": sdtp_first[0],
+        "e2e_speedup_first": dense_first[0] / sdtp_first[0],
         "e2e_first_prompt_tokens": first_lengths,
-        "device_allocations_e2e": dict(zip(("dense_first", "sdtp_first", "dense_warm_up", "sdtp_warm_up", "dense",
-                                            "sdtp"), allocations)),
+        "dense_first_call_extra_s": dense_first[0] - dense_first[1],
+        "sdtp_first_call_extra_s": sdtp_first[0] - sdtp_first[1],
+        "device_allocations_e2e": dict(zip(("dense_first", "dense_first_again", "sdtp_first", "sdtp_first_again",
+                                            "dense_warm_up", "sdtp_warm_up", "dense", "sdtp"), allocations)),
         "flops_e2e_dense": flops_e2e_dense,
         "flops_e2e_sdtp": flops_e2e_sdtp,
         "peak_mem_prefill_dense": dense_prefill_mem,
@@ -286,7 +292,7 @@ def main() -> None:
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--plot", help="write a PNG plot of speed-up vs context here")
     parser.add_argument("--profile-first", action="store_true",
-                        help="also profile a first generate, dense and SDTP, each at a fresh length below the first "
+                        help="also profile a first generate, dense and SDTP, each at a fresh length near the first "
                              "context")
     args = parser.parse_args()
 
@@ -314,7 +320,8 @@ def main() -> None:
         "sdtp": sdtp.to_dict(),
         "timing": f"best of {args.repeats} prefills, dense and SDTP interleaved (*_new_length: each at its own prompt "
                   "length not run before); end-to-end: the second of two generates at the context each; *_first: "
-                  "one generate each at its own fresh prompt length (e2e_first_prompt_tokens), with one-time costs",
+                  "one generate each at its own fresh prompt length (e2e_first_prompt_tokens), with one-time costs; "
+                  "*_first_call_extra_s: that first generate minus a second one at the same length",
         "clock": args.clock,
         "peak_mem_method": PEAK_MEM_METHOD[args.device],
         "flops_method": FLOPS_METHOD,
@@ -338,7 +345,8 @@ def main() -> None:
             f"({row['prefill_speedup']:.2f}x, at a new length {row['prefill_speedup_new_length']:.2f}x, "
             f"FLOPs {row['flops_ratio']:.2f}x)  overhead {row['overhead_s']:.3f}s "
             f"({100 * row['overhead_share']:.1f}%)  e2e {row['e2e_speedup']:.2f}x "
-            f"(first {row['e2e_speedup_first']:.2f}x)  "
+            f"(first {row['e2e_speedup_first']:.2f}x; first-call extra dense {row['dense_first_call_extra_s']:.2f}s "
+            f"sdtp {row['sdtp_first_call_extra_s']:.2f}s)  "
             f"peak mem {row['peak_mem_dense'] / 2**20:.0f} -> {row['peak_mem_sdtp'] / 2**20:.0f} MiB",
             flush=True,
         )
