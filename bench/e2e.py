@@ -156,18 +156,21 @@ def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_
     def prefill():
         model(ids, use_cache=True, logits_to_keep=1)  # as generate() calls it
 
-    new_lengths = []  # prompt lengths of the prefills at a new length, in call order
+    # The prompts of the prefills at a new length, one per call (dense and SDTP alternate), made before any is timed.
+    # Span 2: consecutive lengths can share a deep stage's kept count.
+    new_lengths = [fresh.near(context, 2) for _ in range(2 * repeats)]
+    new_prompts = iter([random_ids(length, config.vocab_size, device) for length in new_lengths])
 
     def prefill_new_length():
-        new_lengths.append(fresh.near(context, 2))  # 2: consecutive lengths can share a deep stage's kept count
-        model(random_ids(new_lengths[-1], config.vocab_size, device), use_cache=True, logits_to_keep=1)
+        model(next(new_prompts), use_cache=True, logits_to_keep=1)
 
     allocations = []  # cudaMalloc calls of each generate, in call order
 
     def generate(length: int):
+        prompt = ids if length == context else random_ids(length, config.vocab_size, device)  # made outside the timing
+
         def call():
             before = device_allocations(device)
-            prompt = ids if length == context else random_ids(length, config.vocab_size, device)
             model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
             allocations.append(device_allocations(device) - before)
         return call

@@ -147,6 +147,7 @@ def environment_variable(name: str, value: Optional[str]):
         else:
             os.environ[name] = saved
 
+
 def provenance() -> dict:
     """What a benchmark's figures depend on besides its own arguments: the source (a hash of the package's Python
     sources and, in a source tree, of csrc/; the git commit and whether the tree had changes where the package sits in
