@@ -50,7 +50,8 @@ def _common(parser: argparse.ArgumentParser, schedule: tuple[str, ...]) -> None:
         group.add_argument(_flag(name), type=kind, default=default, help=_SCHEDULE_HELP[name])
     parser.add_argument("--batch-size", type=positive_int, default=_TRAIN_DEFAULTS["batch_size"],
                         help="records per batch (per process when training)")
-    parser.add_argument("--max-length", type=positive_int, default=None, help="keep each record's last N tokens")
+    parser.add_argument("--max-length", type=positive_int, default=None,
+                        help="keep each record's last N tokens (and its first, if it is the model's BOS)")
     parser.add_argument("--dtype", type=lambda name: DTYPE_ALIASES.get(name, name), choices=DTYPES,
                         default=_TRAIN_DEFAULTS["dtype"], help="of the frozen model (also bf16, fp16, fp32); half "
                         "precision runs its forward under autocast, the predictors and optimiser stay float32")

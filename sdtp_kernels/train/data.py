@@ -95,7 +95,8 @@ def _example(where: str, record, tokenize: _Tokenizer, vocab_size: int, text_fie
         raise ValueError(f"{where}: expected a JSON object with {_accepted(text_field)}, got a "
                          f"{type(record).__name__}")
     # Pre-tokenised ids win: a tokenised corpus that kept its text column trains on the ids, the text ignored.
-    kinds = ["input_ids"] if "input_ids" in record else [k for k in (text_field, "prompt") if k in record]
+    kinds = ["input_ids"] if "input_ids" in record else [k for k in dict.fromkeys((text_field, "prompt"))
+                                                         if k in record]
     if len(kinds) != 1:
         found = "none of them" if not kinds else " and ".join(f"`{k}`" for k in kinds)
         raise ValueError(f"{where}: a record holds one of {_accepted(text_field)}; this one has {found} "
@@ -112,7 +113,7 @@ def _example(where: str, record, tokenize: _Tokenizer, vocab_size: int, text_fie
             labels = list(ids)
         answer = _token_ids(where, "answer", record["answer"], vocab_size) if "answer" in record else []
         return Example(ids + answer, labels + answer, len(ids))
-    if text_field in record:
+    if text_field in record and not (text_field == "prompt" and "response" in record):
         ids = _token_ids(where, text_field, tokenize(where, _string(where, record, text_field), True), vocab_size)
         return Example(ids, list(ids), len(ids))
     if "response" not in record:
@@ -128,18 +129,31 @@ def _string(where: str, record: dict, name: str) -> str:
     return record[name]
 
 
-def _truncate(example: Example, max_length: Optional[int]) -> Example:
-    # Keep the end: that is where answers and the prompt's question sit.
-    cut = 0 if max_length is None else max(0, len(example.input_ids) - max_length)
-    return dataclasses.replace(example, input_ids=example.input_ids[cut:], labels=example.labels[cut:],
-                               prompt_length=max(0, example.prompt_length - cut))
+def bos_token_id(model_config) -> Optional[int]:
+    """The model's beginning-of-sequence token, None where its config names none."""
+    value = getattr(model_config, "bos_token_id", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _truncate(example: Example, max_length: Optional[int], bos: Optional[int]) -> Example:
+    # Keep the end, where answers and the prompt's question sit, and a leading BOS: prompts at inference start with
+    # it (the usual attention sink, among the protected tokens), so training and marking must see it too.
+    ids = example.input_ids
+    if max_length is None or len(ids) <= max_length:
+        return example
+    head = 1 if max_length > 1 and bos is not None and ids[0] == bos else 0
+    tail = len(ids) - (max_length - head)  # tokens [head, tail) are cut
+    prompt_length = min(head, example.prompt_length) + max(0, example.prompt_length - tail)
+    return dataclasses.replace(example, input_ids=ids[:head] + ids[tail:],
+                               labels=example.labels[:head] + example.labels[tail:], prompt_length=prompt_length)
 
 
 def read_examples(path: str, model_dir: str, vocab_size: int, max_length: Optional[int] = None,
-                  text_field: str = TEXT_FIELD) -> Iterator[Example]:
+                  text_field: str = TEXT_FIELD, bos: Optional[int] = None) -> Iterator[Example]:
     """Examples of a data file or folder (`data_files`), in file order, streamed. `max_length` keeps each record's
-    last tokens; `text_field` is the field of text records."""
-    reader = ExampleReader(model_dir, vocab_size, max_length, text_field)
+    last tokens (and its first, if that is `bos`, the model's `bos_token_id`); `text_field` is the field of text
+    records."""
+    reader = ExampleReader(model_dir, vocab_size, max_length, text_field, bos)
     for _, where, record in RecordFile(path).records():
         yield reader(where, record)
 
@@ -148,9 +162,9 @@ class ExampleReader:
     """One record (with its location) -> its checked Example; a bad record raises naming its location."""
 
     def __init__(self, model_dir: str, vocab_size: int, max_length: Optional[int] = None,
-                 text_field: str = TEXT_FIELD):
+                 text_field: str = TEXT_FIELD, bos: Optional[int] = None):
         self.tokenize = _Tokenizer(model_dir)
-        self.vocab_size, self.max_length, self.text_field = vocab_size, max_length, text_field
+        self.vocab_size, self.max_length, self.text_field, self.bos = vocab_size, max_length, text_field, bos
 
     def __call__(self, where: str, record) -> Example:
         return check_trainable(self.read(where, record))
@@ -159,7 +173,7 @@ class ExampleReader:
         """The record's Example, its tokens and fields checked, but not yet whether it has a prompt and a loss
         (`check_trainable`): `ExampleIndex` first skips what has nothing to prune, an empty record included."""
         example = _example(where, record, self.tokenize, self.vocab_size, self.text_field)
-        return _truncate(dataclasses.replace(example, source=where), self.max_length)
+        return _truncate(dataclasses.replace(example, source=where), self.max_length, self.bos)
 
 
 def check_trainable(example: Example) -> Example:
@@ -187,7 +201,8 @@ def collate(examples: Sequence[Example], records: Sequence[int]) -> Batch:
         start = width - len(example.input_ids)
         input_ids[row, start:] = torch.tensor(example.input_ids)
         attention_mask[row, start:] = 1
-        labels[row, start:] = torch.tensor(example.labels)
+        # A row's first token is never predicted: its label would sit on the padding before it after the shift.
+        labels[row, start + 1 :] = torch.tensor(example.labels[1:], dtype=torch.int64)
         prompt_mask[row, start : start + example.prompt_length] = True
     return Batch(input_ids, attention_mask, labels, prompt_mask, list(records))
 

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from ..config import SDTPConfig
 from ..hf.model_dir import local_model_dir
-from .data import TEXT_FIELD
+from .data import TEXT_FIELD, bos_token_id
 from .examples import ExampleIndex
 from .schedule import describe_skipped
 
@@ -24,7 +24,8 @@ def check_data(model_dir: str, data: str, config: SDTPConfig, max_length: Option
     from transformers import AutoConfig
 
     model_config = AutoConfig.from_pretrained(local_model_dir(model_dir), local_files_only=True)
-    usable = ExampleIndex(data, model_dir, model_config.vocab_size, config, max_length, text_field)
+    usable = ExampleIndex(data, model_dir, model_config.vocab_size, config, max_length, text_field,
+                          bos_token_id(model_config))
     report = {
         "data": data,
         "records": len(usable) + len(usable.skipped),

@@ -35,8 +35,8 @@ class RecordFile:
             raise FileNotFoundError(f"data {path} does not exist; expected {FORMATS}")
         elif path.endswith(TABLE_SUFFIXES):
             datasets = _datasets(path)
-            self._table = (datasets.Dataset.from_file(path) if path.endswith(".arrow")
-                           else datasets.Dataset.from_parquet(path))
+            self._table = _python_rows(datasets.Dataset.from_file(path) if path.endswith(".arrow")
+                                       else datasets.Dataset.from_parquet(path))
         elif not path.endswith(".jsonl"):
             self._list = _json_list(path)
 
@@ -105,7 +105,13 @@ def _load_from_disk(path: str):
             raise ValueError(f"{path} holds the splits {sorted(loaded)}; pass the folder of one of them "
                              f"(e.g. {os.path.join(path, sorted(loaded)[0])})")
         loaded = next(iter(loaded.values()))
-    return loaded
+    return _python_rows(loaded)
+
+
+def _python_rows(table):
+    # A dataset saved after set_format("torch" / "numpy") comes back in that format; records are read as Python
+    # lists and numbers whatever format it was saved in.
+    return table.with_format(None)
 
 
 def _version(f) -> tuple[int, int]:

@@ -22,9 +22,9 @@ class ExampleIndex(Sequence):
     prompt token protected: nothing to rank, and saliency statistics over no ranked token are undefined)."""
 
     def __init__(self, path: str, model_dir: str, vocab_size: int, config: SDTPConfig,
-                 max_length: Optional[int] = None, text_field: str = TEXT_FIELD):
+                 max_length: Optional[int] = None, text_field: str = TEXT_FIELD, bos: Optional[int] = None):
         self._file = RecordFile(path)
-        self._read = ExampleReader(model_dir, vocab_size, max_length, text_field)
+        self._read = ExampleReader(model_dir, vocab_size, max_length, text_field, bos)
         self._numbers = array("q")  # record number in the file of each usable example
         self.lengths = array("q")  # tokens of each usable example
         self.prompt_lengths = array("q")

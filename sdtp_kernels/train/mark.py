@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..config import SDTPConfig
 from ..hf.families import family_of
 from .activation_checkpointing import checkpoint_decoder_layers
-from .data import TEXT_FIELD, Batch, batches
+from .data import TEXT_FIELD, Batch, batches, bos_token_id
 from .examples import ExampleIndex
 from .model import load_frozen_model
 from .options import SaliencyOptions
@@ -77,7 +77,7 @@ def _mark(processes: Processes, model_dir: str, data: str, out: str, config: SDT
         "max_length": max_length,
     }
     examples = ExampleIndex(data, model_dir, model.get_input_embeddings().num_embeddings, config, max_length,
-                            text_field)
+                            text_field, bos_token_id(model.config))
     skipped = examples.skipped
     if not examples:
         raise ValueError(f"{data} holds no record to mark" + (f": skipped {describe_skipped(skipped)}" if skipped

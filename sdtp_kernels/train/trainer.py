@@ -40,7 +40,7 @@ from ..hf.patch import apply_sdtp, save_sdtp, sdtp_disabled, sdtp_predictors
 from ..predictor_file import TRAIN_OPTIONS_FILE
 from .activation_checkpointing import checkpoint_decoder_layers
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from .data import Batch, BatchOrder, collate
+from .data import Batch, BatchOrder, bos_token_id, collate
 from .examples import ExampleIndex
 from .losses import labelled_positions
 from .lr import warmup_cosine
@@ -158,7 +158,7 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
         shard_frozen_model(model, device, predictors)
 
     examples = ExampleIndex(options.data, options.model, model.get_input_embeddings().num_embeddings, options.sdtp,
-                            options.max_length, options.text_field)
+                            options.max_length, options.text_field, bos_token_id(model.config))
     if examples.skipped and processes.main:
         tqdm.write(f"sdtp train: skipped {describe_skipped(examples.skipped)}", file=sys.stderr)
     marking, saliency_options = None, options.saliency or SaliencyOptions()  # what the predictors learn to follow

@@ -69,9 +69,58 @@ def test_collate_left_pads():
     batch = collate(examples, [7, 3])
     assert batch.input_ids.tolist() == [[1, 2, 3, 4], [0, 0, 5, 6]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
-    assert batch.labels.tolist() == [[IGNORE_INDEX] * 3 + [4], [IGNORE_INDEX] * 2 + [5, 6]]
+    # Each row's first token is never predicted, so it carries no label (after the shift it would sit on padding).
+    assert batch.labels.tolist() == [[IGNORE_INDEX] * 3 + [4], [IGNORE_INDEX] * 3 + [6]]
     assert batch.prompt_mask.tolist() == [[True, True, True, False], [False, False, True, True]]
     assert batch.records == [7, 3]
+
+
+def test_a_rows_labelled_targets_do_not_depend_on_its_batch():
+    """The targets `labelled_positions` gives a row are the same alone and left-padded beside a longer row."""
+    from sdtp_kernels.train.losses import labelled_positions
+
+    short, long = Example([5, 6, 7], [5, 6, 7], 3), Example([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], 5)
+
+    def targets(batch, row):
+        positions, labels = labelled_positions(batch.labels)
+        kept = labels[row] != IGNORE_INDEX
+        return (positions[kept] - batch.labels.shape[1]).tolist(), labels[row][kept].tolist()  # from the right
+
+    assert targets(collate([short], [0]), 0) == targets(collate([long, short], [0, 1]), 1) == ([-3, -2], [6, 7])
+
+
+def test_truncation_keeps_a_leading_bos(tmp_path):
+    """--max-length keeps the end of a record, and its first token when that is the model's BOS (inference prompts
+    start with it); without a BOS, or with none named, only the end."""
+    from sdtp_kernels.train.data import ExampleReader
+
+    records = [{"input_ids": [1, 2, 3, 4, 5, 6]}, {"input_ids": [2, 3, 4], "answer": [7, 8]},
+               {"input_ids": [1, 2], "answer": [7, 8, 9]}]
+
+    def read(max_length, bos=None):
+        reader = ExampleReader(str(tmp_path), vocab_size=10, max_length=max_length, bos=bos)
+        return [(e.input_ids, e.labels, e.prompt_length) for e in (reader.read("r", r) for r in records)]
+
+    assert read(3, bos=1) == [
+        ([1, 5, 6], [1, 5, 6], 3),
+        ([4, 7, 8], [IGNORE_INDEX, 7, 8], 1),  # no BOS: the end only
+        ([1, 8, 9], [IGNORE_INDEX, 8, 9], 1),  # the prompt is the BOS alone
+    ]
+    assert read(3) == [([4, 5, 6], [4, 5, 6], 3), ([4, 7, 8], [IGNORE_INDEX, 7, 8], 1), ([7, 8, 9], [7, 8, 9], 0)]
+    assert [ids for ids, _, _ in read(1, bos=1)] == [[6], [8], [9]]  # no room for both: the last token
+    path = _write(tmp_path / "d.jsonl", records[:1])
+    assert [e.input_ids for e in read_examples(path, str(tmp_path), vocab_size=10, max_length=3, bos=1)] == [[1, 5, 6]]
+
+
+def test_text_field_may_be_named_prompt(tmp_path):
+    """--text-field prompt reads a `prompt` column as text (loss on every token); a `prompt` with a `response`
+    stays a prompt/response record."""
+    from sdtp_kernels.train.data import ExampleReader
+
+    reader = ExampleReader(str(tmp_path), vocab_size=10, text_field="prompt")
+    reader.tokenize = lambda where, text, special_tokens: [int(c) for c in text]  # a digit tokenizer
+    assert reader("r", {"prompt": "123"}) == Example([1, 2, 3], [1, 2, 3], 3, "r")
+    assert reader("r", {"prompt": "12", "response": "3"}) == Example([1, 2, 3], [IGNORE_INDEX] * 2 + [3], 2, "r")
 
 
 def test_batch_order_splits_epochs_between_processes():

@@ -51,6 +51,18 @@ def test_every_format_reads_the_same_records(tmp_path):
     assert len(list(read_examples(str(tmp_path / "dict"), str(tmp_path), vocab_size=10))) == 3  # its one split
 
 
+@pytest.mark.parametrize("fmt", ["torch", "numpy"])
+def test_a_dataset_saved_in_a_tensor_format_reads_as_plain_records(tmp_path, fmt):
+    """A tokenised dataset saved after set_format("torch" / "numpy") loads back in that format; its rows are read
+    as lists of ints all the same, from a save_to_disk folder and from its Arrow file."""
+    jsonl = str(_write_all(tmp_path, RECORDS)["jsonl"])
+    expected = [(e.input_ids, e.labels) for e in read_examples(jsonl, str(tmp_path), vocab_size=10)]
+    _table(RECORDS).with_format(fmt).save_to_disk(str(tmp_path / "formatted"))
+    [arrow] = (tmp_path / "formatted").glob("*.arrow")
+    for path in (tmp_path / "formatted", arrow):
+        assert [(e.input_ids, e.labels) for e in read_examples(str(path), str(tmp_path), vocab_size=10)] == expected
+
+
 def test_errors_name_the_row_and_what_was_expected(tmp_path):
     paths = _write_all(tmp_path, [{"input_ids": [1, 2]}, {"input_ids": [1, 99]}])
     for name in ("parquet", "save_to_disk"):

@@ -52,6 +52,22 @@ def _row_loss(model, batch, row, layer, token, scale):
     return F.cross_entropy(logits[row, :-1], batch.labels[row, 1:], ignore_index=IGNORE_INDEX).item()
 
 
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_a_rows_saliency_does_not_depend_on_what_it_is_batched_with(attention):
+    """A text row (a label on every token) left-padded beside a longer row marks as it does alone: its first token
+    carries no label, so no loss term is read at the padding before it (eager attention's fully masked pad rows
+    attend everywhere, so such a term leaked into every token's gradient)."""
+    torch.manual_seed(0)
+    model = tiny_model("llama", attention).requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    short, long = (torch.randint(1, VOCAB, (n,), generator=g).tolist() for n in (20, 30))
+    rows = [Example(short, list(short), 20), Example(long, list(long), 30)]
+    options = SaliencyOptions(normalization="zscore")
+    alone = token_saliency(model, PRUNING, collate(rows[:1], [0]), options)[:, 0]
+    batched = token_saliency(model, PRUNING, collate(rows, [0, 1]), options)[:, 0, 10:]
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
 def test_saliency_matches_finite_differences():
     model = _float64_llama()
     batch = _batch()
