@@ -31,7 +31,8 @@ def harness_accuracy(model_dir: str, args: dict, limit: int, batch_size: int) ->
 
     # float32 as `sdtp eval` runs it (the reference model's weights are stored in float16, which HFLM would keep).
     model_args = ",".join(f"{k}={v}" for k, v in {"pretrained": model_dir, "dtype": "float32", **args}.items())
-    tasks = TaskManager(include_path=str(task_folder()), include_defaults=False)  # only ours: indexes in seconds
+    # Exactly `limit` documents, the prompts sdtp_eval_accuracy scores (the default folder holds the first 500).
+    tasks = TaskManager(include_path=str(task_folder(count=limit)), include_defaults=False)  # only ours: fast
     out = lm_eval.simple_evaluate(model="sdtp", model_args=model_args, tasks=list(TASKS), limit=limit,
                                   batch_size=batch_size, task_manager=tasks,
                                   device="cuda" if torch.cuda.is_available() else "cpu")
@@ -55,9 +56,11 @@ def sdtp_eval_accuracy(model_dir: str, count: int) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
+    from sdtp_kernels.arguments import positive_int
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder (default: the installed reference model)")
-    parser.add_argument("--limit", type=int, default=500, help="documents per task")
+    parser.add_argument("--limit", type=positive_int, default=500, help="documents per task")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default="build/bench/harness.json", help="results JSON")
     args = parser.parse_args(argv)

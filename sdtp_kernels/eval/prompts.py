@@ -105,7 +105,7 @@ class PromptBatch:
     input_ids: torch.Tensor  # [B, N], left-padded with 0
     attention_mask: torch.Tensor  # [B, N]
     answers: torch.Tensor  # [B]
-    answer_columns: Optional[torch.Tensor]  # [B] column of the answer's context token in the padded row
+    answer_columns: torch.Tensor  # [B] column of the answer's context token in the padded row, -1 where unknown
 
 
 def prompt_batches(prompts: Sequence[Prompt], batch_size: int, device: torch.device) -> Iterator[PromptBatch]:
@@ -117,10 +117,8 @@ def prompt_batches(prompts: Sequence[Prompt], batch_size: int, device: torch.dev
         for row, p in enumerate(chunk):
             ids[row, width - len(p.input_ids) :] = torch.tensor(p.input_ids)
             mask[row, width - len(p.input_ids) :] = 1
-        columns = None
-        if all(p.answer_position is not None for p in chunk):
-            columns = torch.tensor([width - len(p.input_ids) + p.answer_position for p in chunk])
+        columns = torch.tensor([-1 if p.answer_position is None else width - len(p.input_ids) + p.answer_position
+                                for p in chunk])
         answers = torch.tensor([p.answer for p in chunk])
-        yield PromptBatch(ids.to(device), mask.to(device), answers.to(device),
-                          None if columns is None else columns.to(device))
+        yield PromptBatch(ids.to(device), mask.to(device), answers.to(device), columns.to(device))
 

@@ -74,12 +74,12 @@ class _Tally:
             self.kept_tokens += int(lengths.sum())
         else:
             self.kept_tokens += int((kept >= 0).sum())
-        if batch.answer_columns is not None:
-            self.answer_known += logits.shape[0]
-            if kept is None:
-                self.answer_kept += logits.shape[0]
-            else:
-                self.answer_kept += int((kept == batch.answer_columns[:, None]).any(1).sum())
+        known = batch.answer_columns >= 0  # row by row: a batch's other rows count whatever this one lacks
+        self.answer_known += int(known.sum())
+        if kept is None:
+            self.answer_kept += int(known.sum())
+        else:
+            self.answer_kept += int(((kept == batch.answer_columns[:, None]).any(1) & known).sum())
 
     def summary(self) -> dict[str, Optional[float]]:
         return {

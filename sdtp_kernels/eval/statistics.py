@@ -20,8 +20,9 @@ def rankdata(a: torch.Tensor) -> torch.Tensor:
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman rank correlation of two 1-D tensors (NaN when either is constant or shorter than 2)."""
-    if x.numel() < 2:
+    """Spearman rank correlation of two 1-D tensors (NaN when either is constant, holds a NaN, or is shorter than
+    2: a NaN has no rank, and the row is left out of the means, not ranked above everything)."""
+    if x.numel() < 2 or bool(x.isnan().any()) or bool(y.isnan().any()):
         return float("nan")
     rx, ry = rankdata(x.double()), rankdata(y.double())
     rx, ry = rx - rx.mean(), ry - ry.mean()

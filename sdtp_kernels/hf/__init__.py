@@ -3,6 +3,7 @@ from .cache_state import key_positions
 from .families import SUPPORTED_MODELS
 from .patch import (
     apply_sdtp,
+    prefill_prunes,
     protected_tail,
     remove_sdtp,
     save_sdtp,
@@ -19,6 +20,7 @@ __all__ = [
     "Scorer",
     "apply_sdtp",
     "key_positions",
+    "prefill_prunes",
     "remove_sdtp",
     "save_sdtp",
     "sdtp_config",

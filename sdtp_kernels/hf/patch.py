@@ -5,7 +5,7 @@ import bisect
 import contextlib
 import numbers
 import os
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -72,6 +72,14 @@ def protected_tail(model: nn.Module, tails: Sequence[int]) -> Iterator[nn.Module
         yield model
     finally:
         runtime.protected_tail = was
+
+
+def prefill_prunes(model: nn.Module, lengths: Sequence[int], tails: Optional[Sequence[int]] = None) -> bool:
+    """Whether a prefill of the patched model over rows of these real lengths (and protected tails) removes any
+    token. Only then do its logits come back right-aligned; a prefill that removes none runs the unpatched forward,
+    whose logits keep the input's layout (the same thing for left padding, not for right padding)."""
+    lengths = [int(n) for n in lengths]
+    return _runtime(model).prunes(lengths, [0] * len(lengths) if tails is None else [int(t) for t in tails])
 
 
 def apply_sdtp(

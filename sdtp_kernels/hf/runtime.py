@@ -247,6 +247,10 @@ class SDTPRuntime:
             raise ValueError(f"SDTP: protected_tail has {len(self.protected_tail)} entries for a batch of {batch} rows")
         return self.protected_tail
 
+    def prunes(self, lengths: list[int], tails: list[int]) -> bool:
+        """Whether a prefill of rows with these real lengths and protected tails would remove any token."""
+        return self.enabled and any(_Plan(self.config, lengths, tails, self.num_stages).active)
+
     def set_scorer(self, scorer: Scorer) -> Scorer:
         """Rank tokens with `scorer` from now on; returns the scorer it replaces (unbound), or `scorer` itself when
         it is already this model's."""

@@ -21,7 +21,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from ..config import SDTPConfig
-from ..hf import apply_sdtp, protected_tail
+from ..hf import apply_sdtp, prefill_prunes, protected_tail, sdtp_disabled
 from ..hf.model_dir import local_model_dir
 from ..hf.scorers import make_scorer
 from ..predictor_file import read_predictors
@@ -37,13 +37,22 @@ def _switch(value: Any) -> bool:
     return text in ("on", "true", "1")
 
 
+def _number(name: str, value: Any, whole: bool) -> Any:
+    """A model arg as a number ("0.7" -> 0.7, "4" -> 4), refused by name if it is not one (or, for `whole`, a
+    fraction: SDTPConfig takes ints there, and 2.5 must not become 2)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if number != number or (whole and not number.is_integer()):
+        raise ValueError(f"sdtp: model arg {name} must be {'an integer' if whole else 'a number'}, got {value!r}")
+    return int(number) if whole else number
+
+
 def _schedule(args: dict[str, Any]) -> dict[str, Any]:
-    """The schedule overrides among the model args, as SDTPConfig's types ("0.7" -> 0.7)."""
-    out = {}
-    for name, kind in _SCHEDULE.items():
-        if args.get(name) is not None:
-            out[name] = float(args[name]) if "float" in str(kind) else int(args[name])
-    return out
+    """The schedule overrides among the model args, as SDTPConfig's types."""
+    return {name: _number(name, args[name], whole="float" not in str(kind))
+            for name, kind in _SCHEDULE.items() if args.get(name) is not None}
 
 
 @register_model("sdtp")
@@ -67,7 +76,7 @@ class SDTPLM(HFLM):
         if predictors is None and scorer == "predictor":
             raise ValueError("sdtp: scorer=predictor needs trained predictors: pass predictors=DIR (or put them in "
                              "PRETRAINED/sdtp), or use scorer=random / scorer=attention")
-        chosen = make_scorer(scorer, **({"seed": int(seed)} if scorer == "random" else {}))
+        chosen = make_scorer(scorer, **({"seed": _number("seed", seed, whole=True)} if scorer == "random" else {}))
         # The baselines rank without predictors: they take the saved schedule (or the default one), overridden like
         # saved predictors, on any stage layers the overrides give.
         source = predictors
@@ -127,6 +136,9 @@ class SDTPLM(HFLM):
         if rows is None:  # dense, or the harness probing how large a batch fits
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
         lengths, tails = rows
+        if not prefill_prunes(self.model, lengths, tails):  # the logits would keep the right-padded layout
+            with sdtp_disabled(self.model):
+                return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
         width = inps.shape[1]
         mask = (torch.arange(width, device=inps.device)[None, :] < torch.tensor(lengths, device=inps.device)[:, None])
         with (torch.no_grad(), protected_tail(self.model, tails),

@@ -125,6 +125,26 @@ def test_spearman():
     # Ties take their average rank: ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4).
     assert spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.arange(4.0)) == pytest.approx(math.sqrt(0.9))
     assert math.isnan(spearman(torch.ones(3), torch.arange(3.0)))
+    nan = float("nan")  # no rank: undefined (left out of the means), not ranked above everything
+    assert math.isnan(spearman(torch.tensor([1.0, nan, 3.0]), torch.arange(3.0)))
+    assert math.isnan(spearman(torch.arange(3.0), torch.tensor([nan, 1.0, 2.0])))
+
+
+def test_answer_kept_counts_each_prompt_whose_answer_position_is_known_whatever_its_batch():
+    """A prompt without a known answer position leaves only itself out of answer_kept, not its whole batch."""
+    from sdtp_kernels.eval.prompts import Prompt, prompt_batches
+    from sdtp_kernels.eval.quality import _Tally
+
+    prompts = [Prompt([1, 2, 3, 4], 5, 1), Prompt([1, 2, 3], 5, None), Prompt([1, 2, 3, 4], 5, 2)]
+    kept_of = {0: [1, 2, 3], 1: [1, 2, 3], 2: [0, 1, 3]}  # kept columns per prompt, in its own padded batch
+    for batch_size in (1, 3):
+        tally = _Tally()
+        for first, batch in zip(range(0, 3, batch_size), prompt_batches(prompts, batch_size, torch.device("cpu"))):
+            rows = range(first, first + batch.input_ids.shape[0])
+            shift = [batch.input_ids.shape[1] - len(prompts[r].input_ids) for r in rows]
+            kept = torch.tensor([[c + s for c in kept_of[r]] for r, s in zip(rows, shift)])
+            tally.add(torch.zeros(len(rows), 8), None, batch, kept)
+        assert (tally.answer_known, tally.answer_kept) == (2, 1), batch_size  # prompt 0's answer kept, 2's not
 
 
 def test_marking_labels_the_prompts_own_labelled_tokens_as_training_does(tmp_path):

@@ -56,6 +56,22 @@ def test_loglikelihood_under_pruning_equals_the_masked_simulation():
         assert score == pytest.approx(float(expected), abs=1e-4)
 
 
+@pytest.mark.parametrize("keep_ratio", [None, 1.0])
+def test_a_batch_that_no_stage_prunes_scores_as_the_dense_model(keep_ratio):
+    """Right-padded rows too short to prune (or keep_ratio 1.0) run the unpatched forward, whose logits keep the
+    harness's layout: scored as the dense model scores them, whatever the batch size."""
+    pairs = [("<bos> f1 f2 f3 f4", " f5"), ("<bos> f1 f2", " f3"), ("<bos> f7", " f8"), ("", " f9 f10 f11 f12")]
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    schedule = {} if keep_ratio is None else {"keep_ratio": keep_ratio}
+    scores = {}
+    for name, args in (("dense", {"sdtp": "off", "batch_size": 4}), ("sdtp1", {"batch_size": 1, **schedule}),
+                       ("sdtp4", {"batch_size": 4, **schedule})):
+        lm = SDTPLM(pretrained=REFERENCE, dtype="float32", **args)
+        scores[name] = [score for score, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+    assert scores["sdtp4"] == pytest.approx(scores["dense"], abs=1e-4)
+    assert scores["sdtp1"] == pytest.approx(scores["dense"], abs=1e-4)
+
+
 def test_the_retrieval_tasks_give_sdtp_evals_numbers_and_batch_sizes_agree(tasks):
     saved = read_predictors(f"{REFERENCE}/sdtp")
     model = load_causal_lm(REFERENCE).eval()
@@ -85,6 +101,12 @@ def test_model_args_are_checked():
         SDTPLM(pretrained=REFERENCE, sdtp="maybe")
     with pytest.raises(FileNotFoundError, match="pretrained= ./nowhere: no such folder"):
         SDTPLM(pretrained="./nowhere")
+    for name, value, expected in [("num_stages", "2.5", "an integer"), ("start_layer", "4.9", "an integer"),
+                                  ("keep_ratio", "seven", "a number")]:
+        with pytest.raises(ValueError, match=f"model arg {name} must be {expected}, got '{value}'"):
+            SDTPLM(pretrained=REFERENCE, **{name: value})
+    with pytest.raises(ValueError, match="model arg seed must be an integer, got 'abc'"):
+        SDTPLM(pretrained=REFERENCE, scorer="random", seed="abc")
 
 
 def test_baselines_take_schedule_overrides_that_the_saved_predictors_would_refuse():

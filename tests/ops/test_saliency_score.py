@@ -111,6 +111,18 @@ def test_non_contiguous_hidden_and_python_float_b2(device):
     torch.testing.assert_close(got.cpu(), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_autocast_changes_nothing(dtype, device):
+    """Under torch.autocast (lm-evaluation-harness's mixed_precision_dtype, a training forward) the op still
+    computes in float32: the same scores as without it. Autocast reached the CPU kernel's GEMM, which came back in
+    bfloat16 and was refused by its float32 epilogue."""
+    args = [t.to(device) for t in make_inputs((3, 17), 64, 24, dtype)]
+    plain = sdtp_kernels.saliency_score(*args)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        autocast = sdtp_kernels.saliency_score(*args)
+    assert autocast.dtype == torch.float32 and torch.equal(autocast, plain)
+
+
 @pytest.mark.parametrize("seed", [194, 258, 342, 673, 691])
 def test_cancelling_w2_dot_regression(seed, device):
     """fp32, T=2, D=94, H=59: seeds where the w2 dot cancels summands far larger than its result, so that a floor
