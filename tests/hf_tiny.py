@@ -3,6 +3,8 @@ import torch
 from transformers import (
     BloomConfig,
     BloomForCausalLM,
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
     Gemma3ForCausalLM,
@@ -53,6 +55,11 @@ MODELS = {  # name: (model class, config class, config arguments)
     "mixtral": (MixtralForCausalLM, MixtralConfig, {**_ROPE, "num_local_experts": 4, **_MOE}),
     "qwen3moe": (Qwen3MoeForCausalLM, Qwen3MoeConfig,
                  {**_ROPE, "head_dim": 16, "num_experts": 4, "moe_intermediate_size": 32, **_MOE}),
+    # MoE with shared experts, latent attention, one complex rotary table (freqs_cis) instead of (cos, sin).
+    "deepseek_v2": (DeepseekV2ForCausalLM, DeepseekV2Config,
+                    {**_ROPE, "num_key_value_heads": 4, "n_routed_experts": 4, "moe_intermediate_size": 32,
+                     "first_k_dense_replace": 1, "q_lora_rank": None, "kv_lora_rank": 16, "qk_rope_head_dim": 8,
+                     "qk_nope_head_dim": 8, "v_head_dim": 16, "n_shared_experts": 1, **_MOE}),
 }
 EAGER_ONLY = ("bloom", "gemma2")  # BLOOM has no SDPA path; Gemma 2's soft-capping needs eager attention
 # (model, attention implementation)

@@ -17,9 +17,10 @@ from .. import ops
 SUPPORTED_MODELS = (
     "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "BloomForCausalLM",
     "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM", "Olmo2ForCausalLM", "GraniteForCausalLM",
-    "MixtralForCausalLM", "Qwen3MoeForCausalLM",
+    "MixtralForCausalLM", "Qwen3MoeForCausalLM", "DeepseekV2ForCausalLM",
 )
 _LAYER_TYPES = ("full_attention", "sliding_attention")
+_PER_LAYER_INPUTS = ("per_layer_input", "shared_kv_states")
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -29,6 +30,13 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Ten
     if x.shape[0] != index.shape[0]:
         x = x.expand(index.shape[0], *x.shape[1:])
     return ops.compact(x, index.to(x.device), dim, check=False)
+
+
+def _gather_table(table: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """A rotary table [B or 1, N, ...] gathered at `slots`; a complex one through its real view (two floats each)."""
+    if table.is_complex():
+        return torch.view_as_complex(gather_rows(torch.view_as_real(table), slots))
+    return gather_rows(table, slots)
 
 
 class _Family:
@@ -58,8 +66,11 @@ class RopeFamily(_Family):
         if query_slots is None:  # decode: the new tokens' positions are already right
             return {}
         out = {}
-        if kwargs.get("position_embeddings") is not None:
-            out["position_embeddings"] = tuple(gather_rows(t, query_slots) for t in kwargs["position_embeddings"])
+        table = kwargs.get("position_embeddings")
+        if isinstance(table, torch.Tensor):  # one rotary table (DeepSeek-V2's complex freqs_cis)
+            out["position_embeddings"] = _gather_table(table, query_slots)
+        elif table is not None:  # (cos, sin)
+            out["position_embeddings"] = tuple(_gather_table(t, query_slots) for t in table)
         if kwargs.get("position_ids") is not None:
             out["position_ids"] = gather_rows(kwargs["position_ids"], query_slots)
         return out
@@ -112,11 +123,18 @@ def family_of(model: nn.Module):
     rope_layers, alibi_layers = _layers_at(model, "model", "layers"), _layers_at(model, "transformer", "h")
     if rope_layers is not None:
         layer = rope_layers[0]  # never wrapped: start_layer >= 1
+        shared = [name for name in _PER_LAYER_INPUTS if _takes(layer, name)]
+        if shared:  # Gemma 3n, Gemma 4: per-token inputs SDTP does not compact, keys shared across layers
+            raise _unsupported(model, f"its decoder layers ({type(layer).__name__}) also take {', '.join(shared)}")
         if _takes(layer, "position_embeddings"):
             return _ROPE
         raise _unsupported(model, f"its decoder layers ({type(layer).__name__}) take no position_embeddings")
     if alibi_layers is not None:
         layer = alibi_layers[0]
+        if getattr(model.config, "alibi", None) is not None:  # Falcon
+            raise _unsupported(model, "its base model adds the ALiBi bias into the attention mask that SDTP builds "
+                                      "anew for pruned layers (or, with alibi off, rotates positions SDTP does not "
+                                      "gather)")
         if _takes(layer, "alibi"):
             return _ALIBI
         raise _unsupported(model, f"its decoder layers ({type(layer).__name__}) take no alibi bias")

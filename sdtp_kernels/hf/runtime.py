@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 import weakref
 from typing import Any, Optional
 
@@ -205,7 +206,12 @@ _POSITIONAL = {
     "logits_to_keep": "SDTP prunes the prefill, so a tensor logits_to_keep (positions of the prompt) would index the "
                       "kept tokens instead; pass an int (the last that many, e.g. 1), or run inside "
                       "`with sdtp_disabled(model):`",
+    "output_router_logits": "SDTP prunes the prefill, so the MoE router logits of later layers cover fewer tokens "
+                            "than the attention mask the auxiliary loss applies to every layer; pass "
+                            "output_router_logits=False, or run inside `with sdtp_disabled(model):`",
 }
+_CONCURRENT = ("SDTP: this model is running a forward in another thread; a patched model runs one forward at a time "
+               "(its pruned layers share that forward's state): serialise the calls, or give each thread its own model")
 
 # The model each bound scorer serves (a scorer's hooks and captured state belong to one model), by the scorer's id:
 # a scorer need not be hashable. While its model lives, the model holds the scorer, so the id is not reused.
@@ -231,7 +237,9 @@ class SDTPRuntime:
         base = family.base_model(model)
         self._call = ModelCall(base)
         self._top_call = ModelCall(model)
-        self._positional: Optional[str] = None  # set by the model's pre-hook, taken by the next _Forward
+        # Per thread: the argument the model's pre-hook found, taken by that thread's next _Forward.
+        self._positional: dict[int, Optional[str]] = {}
+        self._running: dict[str, int] = {}  # "thread": the thread whose forward is in flight
         if hasattr(type(model), "_prefill"):  # how generate prefills (transformers 5.17 to 5.24)
             model._prefill = self._refuse_chunked_prefill
         self._hooks = [
@@ -293,8 +301,13 @@ class SDTPRuntime:
     def _note_positional_outputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Which argument of this call a pruning prefill refuses; refused once its plan is known (_Forward._start)."""
         argument = self._top_call.arguments(args, kwargs)
-        self._positional = ("labels" if argument("labels") is not None
-                            else "logits_to_keep" if isinstance(argument("logits_to_keep"), torch.Tensor) else None)
+        router_logits = argument("output_router_logits")
+        if router_logits is None:
+            router_logits = getattr(self.model_config, "output_router_logits", False)
+        self._positional[threading.get_ident()] = (
+            "labels" if argument("labels") is not None
+            else "logits_to_keep" if isinstance(argument("logits_to_keep"), torch.Tensor)
+            else "output_router_logits" if router_logits else None)
 
     def _refuse_chunked_prefill(self, input_ids: torch.Tensor, generation_config: Any, *args, **kwargs):
         """generate's prefill (transformers' `_prefill`), refused when split into chunks: SDTP prunes a prefill in one
@@ -307,12 +320,18 @@ class SDTPRuntime:
         return type(self._model)._prefill(self._model, input_ids, generation_config, *args, **kwargs)
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        thread = threading.get_ident()
+        positional = self._positional.pop(thread, None)
+        if self._running.setdefault("thread", thread) != thread:  # atomic: one thread's forward at a time
+            raise RuntimeError(_CONCURRENT)
         padding_mask, cache = self._call.inputs(args, kwargs, self.enabled)
         past = cache.get_seq_length() if cache is not None else 0
-        self.forward = _Forward(self, padding_mask, past, self._positional)
-        self._positional = None
+        self.forward = _Forward(self, padding_mask, past, positional)
 
     def _end(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._running.get("thread", threading.get_ident()) != threading.get_ident():
+            return  # a call refused in _begin: the other thread's forward runs on
         if self.forward is not None:
             self.forward.close()
         self.forward = None
+        self._running.pop("thread", None)

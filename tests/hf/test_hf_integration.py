@@ -225,6 +225,48 @@ def _without_position_embeddings(model):
     return model
 
 
+_SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
+              pad_token_id=0)
+
+
+@pytest.mark.parametrize("alibi", [True, False])
+def test_falcon_is_refused(alibi):
+    """Falcon adds its ALiBi bias into the attention mask that SDTP builds anew for pruned layers (the bias was lost
+    there: a wrong answer), and with alibi off its layers rotate positions SDTP does not gather (a crash)."""
+    from transformers import FalconConfig, FalconForCausalLM
+
+    model = FalconForCausalLM(FalconConfig(**_SMALL, alibi=alibi, new_decoder_architecture=False, multi_query=True))
+    with pytest.raises(TypeError, match="does not support FalconForCausalLM.*adds the ALiBi bias into the attention"):
+        apply_sdtp(model, PRUNING)
+
+
+def test_layers_with_per_layer_inputs_are_refused():
+    """Gemma 3n (and Gemma 4) layers take per-token inputs SDTP does not compact and share keys across layers."""
+    from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
+
+    config = Gemma3nTextConfig(**_SMALL, num_key_value_heads=2, head_dim=16, vocab_size_per_layer_input=128,
+                               hidden_size_per_layer_input=8, num_kv_shared_layers=2, laurel_rank=4,
+                               altup_num_inputs=2, activation_sparsity_pattern=[0.0] * 8)
+    with pytest.raises(TypeError, match="does not support Gemma3nForCausalLM.*also take per_layer_input"):
+        apply_sdtp(Gemma3nForCausalLM(config), PRUNING)
+
+
+def test_router_logits_are_refused_in_a_prefill_that_prunes():
+    """The MoE auxiliary loss applies one [B * N] padding mask to every layer's router logits; pruned layers have
+    fewer rows. Refused by name (from the argument or the config), served where nothing is pruned."""
+    ids, mask = prompts()
+    model = apply_sdtp(tiny_model("mixtral"), PRUNING)
+    with pytest.raises(ValueError, match="output_router_logits"), torch.no_grad():
+        model(ids, attention_mask=mask, output_router_logits=True)
+    model.config.output_router_logits = True
+    with pytest.raises(ValueError, match="output_router_logits"), torch.no_grad():
+        model(ids, attention_mask=mask)
+    with torch.no_grad():
+        model(ids, attention_mask=mask, output_router_logits=False)
+        with sdtp_disabled(model):
+            assert model(ids, attention_mask=mask).aux_loss is not None
+
+
 def test_unsupported_models_and_settings_raise_clear_errors():
     with pytest.raises(TypeError, match="does not support GPT2LMHeadModel; supported models: LlamaForCausalLM, "):
         apply_sdtp(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2)), PRUNING)

@@ -1,9 +1,10 @@
 """What users do that the pruned forward must serve right or refuse with a clear error: no local tokens, decoding
 strategies that crop the cache, a chunked prefill, numpy settings, quantized layers, scorers moved between models,
-deep copies, tensor arguments where positions would index the kept tokens."""
+deep copies, tensor arguments where positions would index the kept tokens, two threads on one model."""
 import copy
 import dataclasses
 import gc
+import threading
 
 import numpy as np
 import pytest
@@ -147,3 +148,37 @@ def test_arguments_that_would_index_kept_tokens_or_are_the_wrong_kind_are_refuse
             model(ids, attention_mask=mask)
     with pytest.raises(TypeError, match="'config_or_dir'"):
         apply_sdtp(tiny_model("llama"), {"keep_ratio": 0.5})
+
+
+def test_a_second_threads_forward_is_refused_while_one_runs():
+    """The pruned layers share their forward's state on the model: another thread's call while one runs raises a
+    clear error (it crashed inside, or could have mixed two prompts' tokens), and the running forward is undisturbed."""
+    model = apply_sdtp(tiny_model("llama"), PRUNING)
+    ids, mask = prompts()
+    with torch.no_grad():
+        expected = model(ids, attention_mask=mask).logits
+    inside, go, result = threading.Event(), threading.Event(), {}
+
+    def pause(module, args):
+        inside.set()
+        assert go.wait(30)
+
+    hook = model.model.layers[5].register_forward_pre_hook(pause)  # a pruned layer, mid-forward
+
+    def first():
+        with torch.no_grad():
+            result["logits"] = model(ids, attention_mask=mask).logits
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert inside.wait(30)
+        hook.remove()
+        with pytest.raises(RuntimeError, match="running a forward in another thread"), torch.no_grad():
+            model(ids[:1], attention_mask=mask[:1])
+    finally:
+        go.set()
+        thread.join(30)
+    assert torch.equal(result["logits"], expected)
+    with torch.no_grad():  # and the next call runs
+        assert torch.equal(model(ids, attention_mask=mask).logits, expected)
