@@ -9,6 +9,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .data import IGNORE_INDEX
 
@@ -26,20 +27,40 @@ def _row_mean(per_token: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (per_token * labelled).sum(1) / labelled.sum(1).clamp_min(1)
 
 
+CHUNK_ELEMENTS = 1 << 26  # float32 logits a per-token loss holds at a time: 256 MiB
+
+
+def _by_position(per_token: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+    """per_token(*tensors) [B, P] over chunks of positions, each recomputed in the backward. The losses work in
+    float32 whatever the logits' dtype: unchunked, the float32 copies the backward keeps are 2x (cross-entropy) to
+    4x (KL) the bf16 logits [B, P, V] (V = 128K at 4K labelled positions: 2-4 GiB a row); chunked, they exist for
+    one chunk at a time."""
+    rows, positions, vocab = tensors[0].shape
+    step = max(1, CHUNK_ELEMENTS // max(1, rows * vocab))
+    if step >= positions:
+        return per_token(*tensors)
+    return torch.cat([checkpoint(per_token, *(t[:, first : first + step] for t in tensors), use_reentrant=False)
+                      for first in range(0, positions, step)], 1)
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+
+
+def _kl(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    log_student = logits.float().log_softmax(-1)
+    log_teacher = teacher_logits.float().log_softmax(-1)
+    return (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
+
+
 def lm_loss_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """[B]: each row's mean cross-entropy over its labelled tokens. logits [B, P, V] at `labelled_positions`."""
-    per_token = F.cross_entropy(
-        logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    return _row_mean(per_token, targets)
+    return _row_mean(_by_position(_cross_entropy, logits, targets), targets)
 
 
 def kl_rows(logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """[B]: each row's mean KL(teacher || student) of the next-token distributions at its labelled positions."""
-    log_student = logits.float().log_softmax(-1)
-    log_teacher = teacher_logits.float().log_softmax(-1)
-    per_token = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
-    return _row_mean(per_token, targets)
+    return _row_mean(_by_position(_kl, logits, teacher_logits), targets)
 
 
 Normalizer = Callable[[torch.Tensor], torch.Tensor]

@@ -177,7 +177,8 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-    # What fixes the run's computation: a resume must match all of it (only max_steps and save_every may change).
+    # What fixes the run's computation: a resume must match all of it. Not in it: max_steps, save_every, and how the
+    # same computation is laid out (device, shard, checkpointing), which changes only float rounding.
     identity = {
         "sdtp_config": options.sdtp.to_dict(),
         "seed": options.seed,

@@ -8,6 +8,7 @@ from sdtp_kernels.hf.masked import keep_policy
 from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.train.attention import POLICY_EPS, policy_attention_mask
 from sdtp_kernels.train.gumbel import gumbel_noise, hard_gumbel_keep, next_alive
+import sdtp_kernels.train.losses as losses
 from sdtp_kernels.train.losses import keep_ratio_loss, masked_mse, ranking_loss
 from sdtp_kernels.train.schedule import keep_fractions, protected_tokens
 
@@ -123,3 +124,47 @@ def test_the_training_mask_keeps_a_sliding_window_structural():
     mask = policy_attention_mask(policy, torch.ones(1, 6, dtype=torch.bool), torch.float32, window=2)
     minimum = torch.finfo(torch.float32).min
     assert mask[0, 0, 5, 3] == minimum and abs(mask[0, 0, 5, 4]) < 1e-5 and mask[0, 0, 2, 0] == minimum
+
+
+def _saved_bytes(fn, inputs):
+    """Bytes of the distinct tensors autograd saves for the backward of fn() (outside checkpointed regions), beyond
+    the storages of `inputs`, which exist anyway."""
+    own = {t.untyped_storage().data_ptr() for t in inputs}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in own:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(saved.values())
+
+
+@pytest.mark.parametrize("task", ["lm", "kl"])
+def test_task_losses_keep_no_float32_copy_of_the_logits(task, monkeypatch):
+    """Chunked over positions and recomputed in the backward, the task losses give the unchunked values and
+    gradients, while the float32 logits they make live one chunk at a time: beyond the logits themselves they save
+    next to nothing for the backward (unchunked: float32 copies, 2x (lm) to 4x (kl) the bf16 logits' size)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 24, 1000, generator=g).bfloat16().requires_grad_(True)
+    teacher = torch.randn(2, 24, 1000, generator=g).bfloat16()
+    targets = torch.randint(0, 1000, (2, 24), generator=g)
+    targets[0, :5] = -100
+    size = logits.numel() * logits.element_size()
+
+    def loss():
+        if task == "lm":
+            return losses.lm_loss_rows(logits, targets).sum()
+        return losses.kl_rows(logits, teacher, targets).sum()
+
+    whole, whole_bytes = _saved_bytes(loss, (logits, teacher, targets))
+    (whole_grad,) = torch.autograd.grad(whole, logits)
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 2 * 1000 * 5)  # chunks of 5 positions
+    chunked, chunked_bytes = _saved_bytes(loss, (logits, teacher, targets))
+    (chunked_grad,) = torch.autograd.grad(chunked, logits)
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(chunked_grad, whole_grad, rtol=0, atol=0)
+    assert whole_bytes >= 2 * size
+    assert chunked_bytes < size / 100
