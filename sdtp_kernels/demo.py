@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .arguments import HelpFormatter, positive_int
+from .arguments import HelpFormatter, device_name, positive_int
 from .measure import CLOCKS, flops, measure
 
 
@@ -228,7 +228,8 @@ def add_commands(commands) -> None:
     demo.add_argument("--model", help="local model directory (default: the reference model installed with the "
                       "package)")
     demo.add_argument("--predictors", help="directory written by save_sdtp (default: MODEL/sdtp)")
-    demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    demo.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu",
+                      help="cpu or cuda")
     demo.add_argument("--batch", type=positive_int, default=32,
                       help="prompts per batch (large enough that compute, not per-call overhead, dominates)")
     demo.add_argument("--context", type=positive_int,

@@ -44,3 +44,9 @@ def finite_or_none(value: Any) -> Any:
 def strict_json(value: Any, indent: Optional[int] = None) -> str:
     """`value` as strict JSON, a non-finite number written as null."""
     return json.dumps(finite_or_none(value), indent=indent, allow_nan=False)
+
+
+def check_output_folder(path: str, flag: str = "--out") -> None:
+    """Refuse an output folder that is a file, before any long work (loading a model) is done."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a file; expected a folder (it is created if missing)")

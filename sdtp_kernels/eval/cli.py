@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from ..arguments import HelpFormatter, non_negative_int, positive_int
+from ..arguments import HelpFormatter, device_name, non_negative_int, positive_int
 from ..files import strict_json
 from ..predictor_file import read_predictors
 from ..train.options import SaliencyOptions
@@ -124,7 +124,7 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=32, help="prompts per forward")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="of the model")
-    parser.add_argument("--device", default=None, help="None: cuda if available, else cpu")
+    parser.add_argument("--device", type=device_name, default=None, help="None: cuda if available, else cpu")
     parser.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="random baseline and first untrained predictors' seed")
     parser.add_argument("--untrained-seeds", type=positive_int, default=8,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from typing import Any
 
@@ -31,7 +32,10 @@ def load_checkpoint(out: str, identity: dict[str, Any]) -> dict[str, Any]:
     path = checkpoint_path(out)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--resume: {out} holds no checkpoint ({CHECKPOINT_FILE}) to continue from")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # a file cut short or not a checkpoint
+        raise ValueError(f"--resume: {path} is not a readable checkpoint ({e})") from None
     # A checkpoint written before a setting joined the identity cannot be checked for it: said, not refused (its
     # training would be lost).
     unchecked = [key for key in identity if key not in state["identity"]]

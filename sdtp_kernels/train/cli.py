@@ -8,7 +8,7 @@ import json
 import os
 from typing import Optional
 
-from ..arguments import HelpFormatter, non_negative_float, non_negative_int, positive_int
+from ..arguments import HelpFormatter, device_name, non_negative_float, non_negative_int, positive_int
 from ..config import SDTPConfig
 from .options import (ATTENTIONS, DTYPE_ALIASES, DTYPES, LR_SCHEDULES, NORMALIZATIONS, TASK_LOSSES, LossOptions,
                       SaliencyOptions, TrainOptions)
@@ -55,7 +55,8 @@ def _common(parser: argparse.ArgumentParser, schedule: tuple[str, ...]) -> None:
     parser.add_argument("--dtype", type=lambda name: DTYPE_ALIASES.get(name, name), choices=DTYPES,
                         default=_TRAIN_DEFAULTS["dtype"], help="of the frozen model (also bf16, fp16, fp32); half "
                         "precision runs its forward under autocast, the predictors and optimiser stay float32")
-    parser.add_argument("--device", default=None, help="None: the (local-rank) GPU if there is one, else cpu")
+    parser.add_argument("--device", type=device_name, default=None,
+                        help="None: the (local-rank) GPU if there is one, else cpu")
     memory = parser.add_argument_group("memory (docs/ARCHITECTURE.md §5.2)")
     memory.add_argument("--attention", choices=ATTENTIONS, default=None,
                         help="the frozen model's attention (None: the model's default). sdpa does not materialise "

@@ -10,6 +10,7 @@ from typing import Any, Iterator, Optional
 from tqdm.auto import tqdm
 
 from ..config import SDTPConfig
+from ..files import check_output_folder
 from ..hf.families import family_of
 from .activation_checkpointing import checkpoint_decoder_layers
 from .data import TEXT_FIELD, Batch, batches, bos_token_id
@@ -63,6 +64,7 @@ def _mark(processes: Processes, model_dir: str, data: str, out: str, config: SDT
           batch_size: int, records_per_shard: int, max_length: Optional[int], dtype: str, text_field: str,
           attention: Optional[str], checkpointing: bool, shard: bool) -> Optional[dict[str, Any]]:
     device = processes.device
+    check_output_folder(out)
     model = load_frozen_model(model_dir, dtype, loading_device(device, shard), attention)
     if checkpointing:
         checkpoint_decoder_layers(model)

@@ -21,6 +21,9 @@ class Processes:
         if device == "cuda":  # each process of a torchrun job its own GPU
             device = f"cuda:{local_rank}"
         self.device = torch.device(device)
+        if world > 1 and self.device.type == "cuda" and self.device.index != local_rank:
+            raise ValueError(f"--device {device}: each process of a torchrun job takes the GPU of its LOCAL_RANK "
+                             f"(this one: cuda:{local_rank}); pass --device cuda")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.owns_group = world > 1 and not dist.is_initialized()

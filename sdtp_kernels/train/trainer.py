@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import SDTPConfig
-from ..files import strict_json
+from ..files import check_output_folder, strict_json
 from ..hf.families import family_of
 from ..hf.patch import apply_sdtp, save_sdtp, sdtp_disabled, sdtp_predictors
 from ..predictor_file import TRAIN_OPTIONS_FILE
@@ -143,6 +143,7 @@ def train(options: TrainOptions) -> nn.Module:
 
 def _train(options: TrainOptions, processes: Processes) -> nn.Module:
     device, out = processes.device, options.out
+    check_output_folder(out)
     if not options.resume and os.path.exists(checkpoint_path(out)):
         raise ValueError(f"{out} already holds a training checkpoint; pass --resume to continue it, or another --out")
 

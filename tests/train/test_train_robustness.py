@@ -1,6 +1,6 @@
 """Training and marking never write what they cannot stand behind: records with nothing to prune are skipped and
 listed, a non-finite loss or weight stops the run before it changes anything, an empty marking is an error, --dry-run
-checks a data file in seconds, and a wrong --model path is one line naming it."""
+checks a data file in seconds, and a wrong --model path, --device, --out or checkpoint is one line naming it."""
 import json
 import os
 
@@ -168,3 +168,42 @@ def test_shard_outside_torchrun_is_refused_before_the_model_loads(workdir, tmp_p
     args = ["--model", str(workdir / "model"), "--data", str(workdir / "data.jsonl"), "--out", str(tmp_path / "o")]
     assert main([command, *args, "--shard"]) == 2
     assert "needs several processes: run under torchrun" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "mark", "eval", "demo"])
+@pytest.mark.parametrize("value, expected", [("gpu", "expected a device such as cpu, cuda or cuda:1, got 'gpu'"),
+                                             ("cuda:7", "'cuda:7': this machine has")])
+def test_a_bad_device_is_refused_by_name(capsys, command, value, expected):
+    if value.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.raises(SystemExit) as stopped:
+        main([command, "--device", value])  # refused as it is parsed, before the required flags are missed
+    assert stopped.value.code == 2 and f"argument --device: {expected}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "mark"])
+def test_an_out_that_is_a_file_is_refused_before_the_model_loads(workdir, tmp_path, capsys, monkeypatch, command):
+    from sdtp_kernels.train import model as model_module
+
+    monkeypatch.setattr(model_module, "load_causal_lm", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "afile").write_text("")
+    assert main([command, *_args(workdir, "--out", str(tmp_path / "afile"), "--device", "cpu")]) == 2
+    assert f"--out {tmp_path / 'afile'} is a file; expected a folder" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path):
+    from sdtp_kernels.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
+
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ValueError, match=f"--resume: {tmp_path / CHECKPOINT_FILE} is not a readable checkpoint"):
+        load_checkpoint(str(tmp_path), {})
+
+
+def test_an_explicit_gpu_index_under_torchrun_must_be_the_local_ranks(monkeypatch):
+    from sdtp_kernels.train.processes import Processes
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match=r"--device cuda:0: each process of a torchrun job takes the GPU of its "
+                                         r"LOCAL_RANK \(this one: cuda:1\); pass --device cuda"):
+        Processes("cuda:0")
