@@ -61,6 +61,10 @@ class SDTPLM(HFLM):
                  scorer: str = "predictor", seed: int = 0, **kwargs: Any):
         schedule = _schedule({name: kwargs.pop(name, None) for name in _SCHEDULE})
         self._pruning = _switch(sdtp)
+        if self._pruning and kwargs.get("peft"):
+            raise ValueError("sdtp: peft= adapters are not supported with pruning on: merge the adapter into the "
+                             "model (PeftModel.merge_and_unload(), then save_pretrained) and pass that folder as "
+                             "pretrained=, or run sdtp=off")
         if isinstance(pretrained, str):
             local_model_dir(pretrained, "pretrained=")
         if kwargs.get("device") is None:  # HFLM's own default is "cuda", also where there is none

@@ -105,6 +105,8 @@ def test_model_args_are_checked():
                                   ("keep_ratio", "seven", "a number")]:
         with pytest.raises(ValueError, match=f"model arg {name} must be {expected}, got '{value}'"):
             SDTPLM(pretrained=REFERENCE, **{name: value})
+    with pytest.raises(ValueError, match="peft= adapters are not supported with pruning on: merge the adapter"):
+        SDTPLM(pretrained=REFERENCE, peft="./adapter")
     with pytest.raises(ValueError, match="model arg seed must be an integer, got 'abc'"):
         SDTPLM(pretrained=REFERENCE, scorer="random", seed="abc")
 
