@@ -47,7 +47,8 @@ class ModelCall:
             # Fixed-size caches give every layer the same length; a pruned layer's is shorter.
             if pruning:
                 raise NotImplementedError(f"SDTP needs a DynamicCache (the default), got a {type(cache).__name__}; "
-                                          "a fixed-size cache serves inside `with sdtp_disabled(model):`")
+                                          "other caches (fixed-size, quantized, offloaded) serve inside "
+                                          "`with sdtp_disabled(model):`")
             # Filled with pruning off, it holds no pruned layer: its forwards need no padding mask (generate gives a
             # StaticCache a 4D one).
             return None, cache
