@@ -75,11 +75,9 @@ class _Tally:
         else:
             self.kept_tokens += int((kept >= 0).sum())
         known = batch.answer_columns >= 0  # row by row: a batch's other rows count whatever this one lacks
+        found = known if kept is None else (kept == batch.answer_columns[:, None]).any(1) & known
         self.answer_known += int(known.sum())
-        if kept is None:
-            self.answer_kept += int(known.sum())
-        else:
-            self.answer_kept += int(((kept == batch.answer_columns[:, None]).any(1) & known).sum())
+        self.answer_kept += int(found.sum())
 
     def summary(self) -> dict[str, Optional[float]]:
         return {

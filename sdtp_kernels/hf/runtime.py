@@ -329,7 +329,8 @@ class SDTPRuntime:
         self.forward = _Forward(self, padding_mask, past, positional)
 
     def _end(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self._running.get("thread", threading.get_ident()) != threading.get_ident():
+        thread = threading.get_ident()
+        if self._running.get("thread", thread) != thread:
             return  # a call refused in _begin: the other thread's forward runs on
         if self.forward is not None:
             self.forward.close()
