@@ -15,6 +15,21 @@ def _exact(ratio: float) -> Fraction:
     return Fraction(repr(float(ratio)))
 
 
+def _plain(value: Any, cast: type) -> Any:
+    # numpy's float32 0.1 prints as 0.1 but is 0.10000000149011612: keep the decimal it prints, as for Python floats.
+    if cast is int or isinstance(value, float):
+        return cast(value)
+    try:
+        return float(str(value))
+    except ValueError:  # a Fraction's "1/10"
+        return float(value)
+
+
+def _check_count(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"SDTPConfig: argument '{name}' must be an int >= {minimum}, got {value!r}")
+
+
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"SDTPConfig.{name} must be an int, got {value!r}")
@@ -66,7 +81,7 @@ class SDTPConfig:
             value = getattr(self, field.name)
             if value is not None:
                 cast = float if field.name.endswith("_ratio") else int
-                object.__setattr__(self, field.name, cast(value))
+                object.__setattr__(self, field.name, _plain(value, cast))
 
     def stage_layers(self, num_layers: int) -> list[int]:
         """Indices of the decoder layers that a predictor sits before, stage 1 first."""
@@ -91,12 +106,15 @@ class SDTPConfig:
         """The last tokens of a row's prompt that every stage keeps: ceil(local_ratio * L), or `tail` if more (a
         caller's protected tail, e.g. the continuation a log-likelihood scores), and at least the last token, whose
         logits generation reads (also with local_ratio = 0)."""
+        _check_count("length", length, 0)
+        _check_count("tail", tail, 0)
         return max(math.ceil(_exact(self.local_ratio) * length), min(tail, length), min(1, length))
 
     def kept_count(self, length: int, stage: int, tail: int = 0) -> int:
         """Tokens stage `stage` (1-based; 0 = the unpruned prompt) keeps of a row with `length` real tokens:
         ceil(keep_ratio**stage * L), raised to the protected count. This is what `select_tokens` keeps when given
         keep = ceil(keep_ratio**stage * L), num_sink and num_local = local_count(L, tail)."""
+        _check_count("stage", stage, 0)
         protected = min(length, self.num_sink + self.local_count(length, tail))
         return max(math.ceil(_exact(self.keep_ratio) ** stage * length), protected)
 
@@ -109,6 +127,8 @@ class SDTPConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SDTPConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"SDTPConfig: expected a dict of its fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -120,7 +140,4 @@ class SDTPConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "SDTPConfig":
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"SDTPConfig.from_json: expected a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        return cls.from_dict(json.loads(text))

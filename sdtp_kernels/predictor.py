@@ -46,15 +46,19 @@ class SaliencyPredictor(nn.Module):
 
     def score_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
         """(norm_weight, w1, b1, w2, b2, eps) of `saliency_score`: the second layer folded into one keep-minus-drop
-        row, so the score is logits[KEEP] - logits[DROP]."""
-        w2 = self.fc2.weight[self.KEEP] - self.fc2.weight[self.DROP]
-        b2 = self.fc2.bias[self.KEEP] - self.fc2.bias[self.DROP]
+        row, so the score is logits[KEEP] - logits[DROP] (the difference taken in float32, as `logits` computes)."""
+        fc2_weight, fc2_bias = self.fc2.weight.float(), self.fc2.bias.float()
+        w2 = fc2_weight[self.KEEP] - fc2_weight[self.DROP]
+        b2 = fc2_bias[self.KEEP] - fc2_bias[self.DROP]
         return self.norm_weight, self.fc1.weight, self.fc1.bias, w2, b2, self.EPS
 
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 keep-minus-drop log-odds of shape x.shape[:-1], on the predictor's device."""
-        return saliency_score(x.to(self.norm_weight.device), *self.score_params())
+        # The op reads float32, float16 and bfloat16; any other floating x (float64) is read as float32, as logits do.
+        op_dtypes = (torch.float32, torch.float16, torch.bfloat16)
+        x = x.to(self.norm_weight.device, x.dtype if x.dtype in op_dtypes else torch.float32)
+        return saliency_score(x, *self.score_params())
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, mlp_hidden={self.mlp_hidden}"

@@ -54,11 +54,31 @@ def test_kept_count_never_below_the_protected_tokens():
     assert c.kept_count(0, 1) == 0
 
 
+def test_numpy_ratios_count_as_the_decimal_they_print():
+    """np.float32(0.1) is 0.10000000149011612: stored as it was, ceil(local_ratio * 30) would be 4."""
+    np = pytest.importorskip("numpy")
+    c = SDTPConfig(keep_ratio=np.float32(0.3), num_sink=0, local_ratio=np.float32(0.1))
+    assert (c.keep_ratio, c.local_ratio) == (0.3, 0.1) and type(c.keep_ratio) is float
+    assert c.local_count(30) == 3 and c.kept_count(10, 1) == 3
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda c: c.kept_count(100, -1), "stage"), (lambda c: c.kept_count(-5, 1), "length"),
+    (lambda c: c.kept_count(5, True), "stage"), (lambda c: c.local_count(5, -1), "tail"),
+])
+def test_counts_refuse_impossible_arguments(call, name):
+    with pytest.raises(ValueError, match=f"argument '{name}' must be an int >= 0"):
+        call(SDTPConfig())
+
+
 def test_json_round_trip_and_unknown_fields():
     c = SDTPConfig(start_layer=2, num_stages=3, keep_ratio=0.7, predictor_hidden=32)
     assert SDTPConfig.from_json(c.to_json()) == c
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['keep'\]"):
         SDTPConfig.from_dict({"keep": 0.5})
+    for not_an_object in (None, [1], "3"):
+        with pytest.raises(ValueError, match="expected a dict of its fields"):
+            SDTPConfig.from_dict(not_an_object) if not isinstance(not_an_object, str) else SDTPConfig.from_json("3")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -75,3 +95,14 @@ def test_predictor_score_is_keep_minus_drop_logit(dtype):
     expected = logits[..., SaliencyPredictor.KEEP] - logits[..., SaliencyPredictor.DROP]
     torch.testing.assert_close(score, expected, atol=1e-5, rtol=1e-5)
     assert not math.isnan(score.sum().item())
+
+
+@pytest.mark.parametrize("weights", [torch.float16, torch.bfloat16])
+def test_predictor_score_folds_the_second_layer_in_float32(weights):
+    """score's keep-minus-drop row is taken in float32, as logits compute it: no rounding of its own in the weights'
+    dtype. A float64 x is read as float32, as logits read it."""
+    torch.manual_seed(1)
+    p = SaliencyPredictor(64, 16).to(weights)
+    x = torch.randn(3, 7, 64, dtype=torch.float64)
+    expected = SaliencyPredictor.log_odds(p.logits(x))
+    torch.testing.assert_close(p.score(x), expected, atol=2e-6, rtol=1e-5)
