@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 namespace sdtp {
 namespace {
 
@@ -52,7 +54,7 @@ int64_t check_score_inputs(const at::Tensor& hidden, const at::Tensor& norm_weig
                     w2.sizes());
   TORCH_CHECK_VALUE(b2.numel() == 1 && b2.dim() <= 1, op, ": argument 'b2' must be a scalar tensor, got shape ",
                     b2.sizes());
-  TORCH_CHECK_VALUE(eps >= 0, op, ": argument 'eps' must be >= 0, got ", eps);
+  TORCH_CHECK_VALUE(eps >= 0 && std::isfinite(eps), op, ": argument 'eps' must be finite and >= 0, got ", eps);
   const std::pair<const at::Tensor*, const char*> weights[] = {
       {&norm_weight, "norm_weight"}, {&w1, "w1"}, {&b1, "b1"}, {&w2, "w2"}, {&b2, "b2"}};
   for (const auto& [t, name] : weights) {

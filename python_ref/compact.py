@@ -8,6 +8,8 @@ def compact(x, index, dim=1):
     shape[0], shape[dim] = index.shape
     full = list(x.shape)
     full[dim] = index.shape[1]
+    if x.shape[dim] == 0:  # nothing to gather from: every entry is -1 (the op checks that)
+        return x.new_zeros(full)
     idx = index.clamp(min=0).view(shape).expand(full)
     hole = (index < 0).view(shape).expand(full)
     out = torch.gather(x, dim, idx)

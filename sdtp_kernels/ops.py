@@ -114,6 +114,8 @@ def select_tokens(
     default K = max(counts), which on CUDA costs one device-to-host read. `check=False` (needs `width`): on CUDA,
     no device-to-host read to check device `keep` / `num_local` and `width`; the kernel asserts them instead
     (docs/ARCHITECTURE.md §3.4), for callers whose values are right by construction."""
+    if isinstance(num_sink, bool):  # the schema's int takes True as 1
+        raise TypeError(f"sdtp.select_tokens: argument 'num_sink' must be an int, got {num_sink!r}")
     return _ops().select_tokens(
         scores, _row_tensor(keep, "keep"), valid, num_sink, _row_tensor(num_local, "num_local"), width, check=check
     )

@@ -46,7 +46,7 @@ def test_compact_non_contiguous(device):
     assert torch.equal(got.cpu(), python_ref.compact(x, index))
 
 
-@pytest.mark.parametrize("shape,K", [((0, 5, 4), 0), ((2, 5, 4), 0), ((2, 1, 4), 1), ((2, 5, 0), 3)])
+@pytest.mark.parametrize("shape,K", [((0, 5, 4), 0), ((2, 5, 4), 0), ((2, 1, 4), 1), ((2, 5, 0), 3), ((2, 0, 4), 3)])
 def test_compact_empty_and_tiny(shape, K, device):
     x = torch.randn(shape)
     index = random_index(shape[0], shape[1], K, torch.Generator().manual_seed(2))

@@ -31,6 +31,7 @@ CASES = [
     ("num_local", lambda: sdtp_kernels.select_tokens(S, 2, num_local=torch.tensor(1, dtype=torch.uint64))),
     ("num_local", lambda: sdtp_kernels.select_tokens(S, 2, num_local=-3)),
     ("num_sink", lambda: sdtp_kernels.select_tokens(S, 2, num_sink=-1)),
+    ("num_sink", lambda: sdtp_kernels.select_tokens(S, 2, num_sink=True)),  # the schema's int would take it as 1
     ("width", lambda: sdtp_kernels.select_tokens(S, 6, width=3)),
     ("x", lambda: sdtp_kernels.compact(torch.randn(8), IDX)),  # wrong rank
     ("index", lambda: sdtp_kernels.compact(X, IDX.float())),  # float index
@@ -49,6 +50,7 @@ CASES = [
     ("w2", lambda: score_with(w2=torch.randn(4, 1))),
     ("b2", lambda: score_with(b2=torch.zeros(2))),
     ("eps", lambda: score_with(eps=-1.0)),
+    ("eps", lambda: score_with(eps=float("inf"))),  # every score would be the bias-only value
     ("w1", lambda: score_with(w1=torch.randn(4, 16, requires_grad=True))),  # no gradient: refused, not cut off
     ("hidden", lambda: score_with(hidden=torch.randn(3, 16, requires_grad=True))),
 ]
