@@ -9,6 +9,7 @@ SDTP_ARCHITECTURES = {
     "Qwen2ForCausalLM": "SDTPQwen2ForCausalLM",
     "Qwen3ForCausalLM": "SDTPQwen3ForCausalLM",
 }
+SERVED = frozenset(SDTP_ARCHITECTURES.values())
 
 # The vLLM releases whose internals the plugin was tested against (engine_checks.check_internals).
 TESTED_VLLM_VERSIONS = ("0.32.0",)

@@ -5,16 +5,15 @@ length. An SDTP architecture says it supports neither, so `vllm serve OUT` and `
 asking for either explicitly is still refused at engine start (engine_checks)."""
 from __future__ import annotations
 
-from .architectures import SDTP_ARCHITECTURES
+from .architectures import SERVED
 
 # The ModelConfig properties this module wraps (also checked by engine_checks' internals check).
 WRAPPED = ("is_chunked_prefill_supported", "is_prefix_caching_supported")
-_SERVED = frozenset(SDTP_ARCHITECTURES.values())
 
 
 def _unsupported_for_sdtp(original: property) -> property:
     def get(model_config) -> bool:
-        return False if model_config.architecture in _SERVED else original.fget(model_config)
+        return False if model_config.architecture in SERVED else original.fget(model_config)
 
     get.sdtp_original = original
     return property(get, doc=original.__doc__)

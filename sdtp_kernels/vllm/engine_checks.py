@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 # What the plugin reads of vLLM: (module, attribute path).
 _INTERNALS = [
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner._model_forward"),
+    ("vllm.v1.engine.input_processor", "InputProcessor.process_inputs"),
     ("vllm.v1.worker.gpu_input_batch", "CachedRequestState"),
     ("vllm.v1.worker.gpu_input_batch", "InputBatch"),
     ("vllm.v1.worker.utils", "AttentionGroup.build_metadata"),
@@ -88,6 +89,9 @@ def refusals(vllm_config) -> list[str]:
     if cache.enable_prefix_caching:
         found.append("prefix caching (a cached prefix would hold K/V of pruned layers for tokens another prompt "
                      "keeps): leave it unset, off by default for SDTP models (or --no-enable-prefix-caching)")
+    if getattr(scheduler, "long_prefill_token_threshold", 0):
+        found.append(f"long_prefill_token_threshold = {scheduler.long_prefill_token_threshold} (the scheduler cuts "
+                     "a prompt to it whenever several requests wait, chunked prefill or not): leave it 0")
     if scheduler.enable_chunked_prefill:
         found.append("chunked prefill (a prompt split over steps cannot be ranked as a whole): leave it unset, off by "
                      "default for SDTP models (or --no-enable-chunked-prefill, with max_num_batched_tokens >= "
@@ -97,6 +101,10 @@ def refusals(vllm_config) -> list[str]:
                      "speculative_config unset")
     if model.runner_type == "pooling":
         found.append("pooling (it reads the hidden states of every prompt token): serve the model for generation")
+    if vllm_config.kv_transfer_config is not None or getattr(cache, "kv_offloading_size", None) is not None:
+        found.append("a KV connector or KV offloading (an external cache hit resumes a prompt part-way, and the K/V "
+                     "of pruned layers it would save is compacted, in no dense engine's order): leave "
+                     "kv_transfer_config and kv_offloading_size unset")
     if parallel.pipeline_parallel_size > 1:
         found.append("pipeline parallelism: use pipeline_parallel_size=1 (tensor parallelism is supported)")
     if parallel.decode_context_parallel_size > 1:
@@ -109,7 +117,7 @@ def refusals(vllm_config) -> list[str]:
                      "enable_lora")
     if model.get_sliding_window() is not None:
         found.append(f"a sliding window ({model.get_sliding_window()} tokens) counts compacted KV entries, not "
-                     "positions: serve the model without one")
+                     "positions: serve the model without one (disable_sliding_window=True)")
     return found
 
 

@@ -15,7 +15,7 @@ from typing import Optional
 from ..arguments import HelpFormatter
 from ..hf.model_dir import local_model_dir
 from ..predictor_file import CONFIG_FILE, TRAIN_OPTIONS_FILE, WEIGHTS_FILE, read_predictors
-from .architectures import OVERRIDE_PREFIX, SDTP_ARCHITECTURES
+from .architectures import OVERRIDE_PREFIX, SDTP_ARCHITECTURES, SERVED
 
 _PREDICTOR_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAIN_OPTIONS_FILE)
 
@@ -23,7 +23,7 @@ _PREDICTOR_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAIN_OPTIONS_FILE)
 def _host_architecture(config: dict, model_dir: str) -> str:
     architectures = config.get("architectures") or []
     if len(architectures) != 1 or architectures[0] not in SDTP_ARCHITECTURES:
-        if architectures and architectures[0] in SDTP_ARCHITECTURES.values():
+        if architectures and architectures[0] in SERVED:
             raise ValueError(f"--model {model_dir} is already an SDTP export ({architectures[0]}); pass the "
                              "original model folder")
         raise ValueError(f"--model {model_dir}: config.json names the architecture(s) {architectures}; vLLM SDTP "

@@ -60,6 +60,9 @@ class StepPlan:
                 if counts is None:
                     continue
                 generated = int(self.query_lens[r]) - prompt
+                if generated < 0:  # engine_checks refuses the settings that cut a prompt; a last guard
+                    raise RuntimeError(f"SDTP: request {req_id}'s first pass holds {self.query_lens[r]} of its "
+                                       f"{prompt} prompt tokens (a split prompt), which pruning does not support")
                 self.query[:, r] = np.asarray(counts) + generated
                 self.context[:, r] = self.query[:, r]
                 self.local[r] = config.local_count(prompt) + generated

@@ -76,3 +76,31 @@ def test_the_v1_model_runner_is_chosen_where_vllm_would_pick_v2(folder, monkeypa
     config = EngineArgs(model=str(folder), **ENGINE).create_engine_config()
     assert not config.use_v2_model_runner
     assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+
+
+def test_a_long_prefill_threshold(folder):
+    """The scheduler cuts a prompt to the threshold whenever several requests wait, chunked prefill or not."""
+    _refused(folder, "long_prefill_token_threshold = 64.*leave it 0", long_prefill_token_threshold=64)
+
+
+@pytest.mark.parametrize("engine", [
+    {"kv_transfer_config": {"kv_connector": "ExampleConnector", "kv_role": "kv_both"}},
+    {"kv_offloading_size": 1.0},
+])
+def test_kv_connectors_and_offloading(folder, engine):
+    _refused(folder, "KV connector or KV offloading.*leave kv_transfer_config and kv_offloading_size unset", **engine)
+
+
+def test_streaming_input_is_refused_per_request(folder):
+    """A streaming session resumes its request chunk by chunk over pruned layers' compacted KV: refused as the request
+    is made (the engine serves the others), never a worker error that stops the engine."""
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    processor = InputProcessor(EngineArgs(model=str(folder), **ENGINE).create_engine_config())
+    request = dict(request_id="r", prompt={"prompt_token_ids": [1, 2, 3]}, params=SamplingParams(max_tokens=1),
+                   supported_tasks=("generate",))
+    with pytest.raises(ValueError, match="cannot serve streaming input.*send the whole prompt in one request"):
+        processor.process_inputs(**request, resumable=True)
+    assert processor.process_inputs(**request).request_id == "r"
