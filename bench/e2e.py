@@ -15,7 +15,9 @@ import contextlib
 import datetime
 import itertools
 import json
+import os
 import platform
+import sys
 import time
 from typing import Optional
 
@@ -24,11 +26,12 @@ import transformers
 from torch.autograd import DeviceType
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from sdtp_kernels.arguments import positive_int
 from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.hf import apply_sdtp, sdtp_disabled
 from sdtp_kernels.hf.attention_backends import AVOID_CUDNN_ENV
-from sdtp_kernels.measure import (CLOCKS, FLOPS_METHOD, PEAK_MEM_METHOD, environment_variable, flops, layer_tokens,
-                                  measure, profiling, provenance)
+from sdtp_kernels.measure import (CLOCKS, FLOPS_METHOD, environment_variable, flops, interleaved, layer_tokens, measure,
+                                  peak_mem_method, profiling, provenance)
 
 PRESETS = {
     "cpu": dict(
@@ -78,6 +81,10 @@ class FreshLengths:
         return self.reserve(length, span)
 
 
+def say(message: str) -> None:
+    print(f"e2e: {message}", file=sys.stderr, flush=True)
+
+
 def random_ids(length: int, vocab_size: int, device: str) -> torch.Tensor:
     """[1, length] token ids, the same for the same length."""
     generator = torch.Generator().manual_seed(length)
@@ -85,14 +92,15 @@ def random_ids(length: int, vocab_size: int, device: str) -> torch.Tensor:
 
 
 def dense_and_sdtp(model, fn, device: str, repeats: int, clock) -> tuple[list, list]:
-    """(time, peak memory) of `repeats` calls of fn without and with pruning, in call order, interleaved so that a
-    busy machine slows both alike."""
-    dense, sdtp = [], []
-    for _ in range(repeats):
-        with sdtp_disabled(model):
-            dense.append(measure(fn, device, clock))
-        sdtp.append(measure(fn, device, clock))
-    return dense, sdtp
+    """(time, peak memory) of `repeats` calls of fn without and with pruning, in call order, interleaved."""
+    runs = interleaved({"dense": lambda: sdtp_disabled(model), "sdtp": contextlib.nullcontext}, fn, device, repeats,
+                       clock)
+    return runs["dense"], runs["sdtp"]
+
+
+def best_time_and_peak(runs: list[tuple[float, int]]) -> tuple[float, int]:
+    """The best time and the highest peak memory over repeated calls (not the memory of the fastest one)."""
+    return min(seconds for seconds, _ in runs), max(memory for _, memory in runs)
 
 
 def device_allocations(device: str) -> int:
@@ -176,25 +184,34 @@ def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_
         return call
 
     with torch.no_grad():
+        say(f"{context} tokens: {repeats} prefills each, dense and SDTP, then as many at new prompt lengths")
         dense_runs, sdtp_runs = dense_and_sdtp(model, prefill, device, repeats, clock)
-        (dense_prefill, dense_prefill_mem), (sdtp_prefill, sdtp_prefill_mem) = min(dense_runs), min(sdtp_runs)
+        (dense_prefill, dense_prefill_mem), (sdtp_prefill, sdtp_prefill_mem) = map(best_time_and_peak,
+                                                                                   (dense_runs, sdtp_runs))
         dense_runs, sdtp_runs = dense_and_sdtp(model, prefill_new_length, device, repeats, clock)
         dense_prefill_new, sdtp_prefill_new = min(dense_runs)[0], min(sdtp_runs)[0]
         # A first generate at a new prompt length pays one-time costs (on an H200 SDTP's took ~9 s at 4K and at 16K
         # tokens where dense took 2.5 and 1.8 s, before its decoding avoided cuDNN attention, docs/ARCHITECTURE.md
         # §4.6; not seen on the CPU): dense and SDTP each at a fresh length of its own, so that neither reuses what
         # the other built, then again at that length: the difference is the first call's extra cost, whatever the
-        # two lengths. The steady state is the second of two generates at the context. The caching allocator's
+        # two lengths. The steady state is the second of two generates at the context; a first generate at the context
+        # is that plus the first call's extra cost (the fresh lengths differ, so their raw times are not compared).
+        # The caching allocator's
         # cudaMalloc calls per generate are recorded to test another explanation: pruned layers hold caches of other
         # sizes than dense ones, which it may have to allocate afresh.
+        say(f"{context} tokens: generates of {new_tokens} tokens, each side twice at a fresh length, then twice at "
+            "the context")
         first_lengths = {"dense": fresh.near(context, new_tokens), "sdtp": fresh.near(context, new_tokens)}
         with sdtp_disabled(model):
             dense_first = [measure(generate(first_lengths["dense"]), device, clock)[0] for _ in range(2)]
         sdtp_first = [measure(generate(first_lengths["sdtp"]), device, clock)[0] for _ in range(2)]
         dense_runs, sdtp_runs = dense_and_sdtp(model, generate(context), device, 2, clock)
-        (dense_e2e, dense_mem), (sdtp_e2e, sdtp_mem) = dense_runs[1], sdtp_runs[1]
+        (dense_e2e, _), (sdtp_e2e, _) = dense_runs[1], sdtp_runs[1]
+        dense_mem, sdtp_mem = (max(memory for _, memory in runs) for runs in (dense_runs, sdtp_runs))
+        say(f"{context} tokens: the pruning overhead, one profiled prefill")
         overhead, overhead_span = prune_overhead(prefill, device)
 
+    dense_extra, sdtp_extra = dense_first[0] - dense_first[1], sdtp_first[0] - sdtp_first[1]
     layers = config.num_hidden_layers
     kept = layer_tokens(sdtp, layers, context)
     stage_layers = sdtp.stage_layers(layers)
@@ -224,10 +241,10 @@ def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_
         "e2e_speedup": dense_e2e / sdtp_e2e,
         "dense_e2e_first_s": dense_first[0],
         "sdtp_e2e_first_s": sdtp_first[0],
-        "e2e_speedup_first": dense_first[0] / sdtp_first[0],
+        "e2e_speedup_first": (dense_e2e + dense_extra) / (sdtp_e2e + sdtp_extra),
         "e2e_first_prompt_tokens": first_lengths,
-        "dense_first_call_extra_s": dense_first[0] - dense_first[1],
-        "sdtp_first_call_extra_s": sdtp_first[0] - sdtp_first[1],
+        "dense_first_call_extra_s": dense_extra,
+        "sdtp_first_call_extra_s": sdtp_extra,
         "device_allocations_e2e": dict(zip(("dense_first", "dense_first_again", "sdtp_first", "sdtp_first_again",
                                             "dense_warm_up", "sdtp_warm_up", "dense", "sdtp"), allocations)),
         "flops_e2e_dense": flops_e2e_dense,
@@ -287,10 +304,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default: cpu on CPU, llama2-7b on CUDA")
-    parser.add_argument("--contexts", type=int, nargs="+", help="prompt lengths (default: the preset's)")
-    parser.add_argument("--new-tokens", type=int, help="tokens generated end to end (default: the preset's)")
-    parser.add_argument("--repeats", type=int, default=3, help="prefill timings per setting; the best is kept")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--contexts", type=positive_int, nargs="+", help="prompt lengths (default: the preset's)")
+    parser.add_argument("--new-tokens", type=positive_int, help="tokens generated end to end (default: the preset's)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="prefill timings per setting; the best is kept")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what the times measure (see CLOCKS)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--plot", help="write a PNG plot of speed-up vs context here")
@@ -298,13 +315,18 @@ def main() -> None:
                         help="also profile a first generate, dense and SDTP, each at a fresh length near the first "
                              "context")
     args = parser.parse_args()
+    if args.clock == "cpu" and args.device == "cuda":
+        parser.error("--clock cpu measures the process's CPU time, not the GPU's work: use --clock wall on cuda")
+    for path in (args.out, args.plot):  # a missing folder found now, not after the first context
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            parser.error(f"the folder of {path} does not exist")
 
     if args.threads:
         torch.set_num_threads(args.threads)
     preset_name = args.preset or ("llama2-7b" if args.device == "cuda" else "cpu")
     preset = PRESETS[preset_name]
     contexts = args.contexts or preset["contexts"]
-    new_tokens = args.new_tokens or preset["new_tokens"]
+    new_tokens = args.new_tokens if args.new_tokens is not None else preset["new_tokens"]
     sdtp = SDTPConfig()
     torch.manual_seed(0)
     model = apply_sdtp(build_model(preset, args.device), sdtp)
@@ -324,9 +346,11 @@ def main() -> None:
         "timing": f"best of {args.repeats} prefills, dense and SDTP interleaved (*_new_length: each at its own prompt "
                   "length not run before); end-to-end: the second of two generates at the context each; *_first: "
                   "one generate each at its own fresh prompt length (e2e_first_prompt_tokens), with one-time costs; "
-                  "*_first_call_extra_s: that first generate minus a second one at the same length",
+                  "*_first_call_extra_s: that first generate minus a second one at the same length; "
+                  "e2e_speedup_first: of the end-to-end times plus each side's first-call extra (one length); peak "
+                  "memory: the highest over the timed calls",
         "clock": args.clock,
-        "peak_mem_method": PEAK_MEM_METHOD[args.device],
+        "peak_mem_method": peak_mem_method(args.device),
         "flops_method": FLOPS_METHOD,
         "finished": False,
     }

@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--one", choices=sorted(PATHS), help=argparse.SUPPRESS)  # the subprocess's own row
     args = parser.parse_args()
+    if args.tokens <= ANSWER_TOKENS or args.threads < 1:
+        parser.error(f"--tokens must exceed the {ANSWER_TOKENS}-token answer and --threads be >= 1")
     if args.one:
         print(json.dumps(one_step(args.one, args.device, args.tokens, args.threads)))
         return
@@ -91,7 +93,7 @@ def main() -> None:
     from e2e import PRESETS, machine
 
     from sdtp_kernels.config import SDTPConfig
-    from sdtp_kernels.measure import PEAK_MEM_METHOD
+    from sdtp_kernels.measure import peak_mem_method
 
     result = {}
     for name, environment in ALLOCATORS.items():
@@ -99,9 +101,10 @@ def main() -> None:
         for path in PATHS:
             command = [sys.executable, __file__, "--one", path, "--device", args.device, "--tokens",
                        str(args.tokens), "--threads", str(args.threads)]
-            output = subprocess.run(command, check=True, capture_output=True, text=True,
-                                    env={**os.environ, **environment}).stdout
-            rows.append(json.loads(output.strip().splitlines()[-1]))
+            child = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **environment})
+            if child.returncode != 0:
+                sys.exit(f"train_memory: the {path} path failed ({name}):\n{child.stderr}")
+            rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
             print(f"{name:>19} {path:>18}: peak {rows[-1]['peak_mem_mib']:8.1f} MiB, step {rows[-1]['step_s']:.2f} s",
                   flush=True)
         result[name] = rows
@@ -119,7 +122,7 @@ def main() -> None:
                 f"process after one {WARM_UP_TOKENS}-token warm-up step",
         "record": f"one row: a {args.tokens - ANSWER_TOKENS}-token prompt and a {ANSWER_TOKENS}-token answer "
                   "(the loss)",
-        "peak_mem_method": PEAK_MEM_METHOD[args.device],
+        "peak_mem_method": peak_mem_method(args.device),
         "threads": args.threads,
         "machine": machine(args.device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -58,6 +58,8 @@ def device_name(text: str) -> str:
         parsed = torch.device(text)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, got {text!r}") from None
+    if parsed.type not in ("cpu", "cuda"):  # the kernels and the measurements know these two
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, got {text!r}")
     if parsed.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0:

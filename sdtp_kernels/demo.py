@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from .arguments import HelpFormatter, device_name, positive_int
-from .measure import CLOCKS, flops, measure
+from .files import check_output_folder
+from .measure import CLOCKS, flops, interleaved
 
 
 def _say(message: str) -> None:
@@ -83,12 +84,11 @@ def _kept_per_stage(model, ids: torch.Tensor) -> list[float]:
     return [float(ids.shape[1]) if k is None else (k >= 0).sum(1).float().mean().item() for k in key_positions(cache)]
 
 
-def _timings(fn, device: str, clock, repeats: int) -> dict:
-    """Median, min and max over `repeats` calls of fn, and the peak memory of the first."""
-    runs = [measure(fn, device, clock) for _ in range(repeats)]
+def _timings(runs: list[tuple[float, int]]) -> dict:
+    """Median, min and max of repeated (time, peak memory) calls, and the highest peak."""
     seconds = [s for s, _ in runs]
     return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
-            "all_s": seconds, "peak_mem": runs[0][1]}
+            "all_s": seconds, "peak_mem": max(memory for _, memory in runs)}
 
 
 def run_demo(model_dir: Path, predictors: Path | None, device: str, batch: int, context: int | None,
@@ -123,12 +123,14 @@ def run_demo(model_dir: Path, predictors: Path | None, device: str, batch: int, 
             with mode(pruning):
                 prefill()
                 generate()
+        modes = {"dense": lambda: mode(False), "sdtp": lambda: mode(True)}
+        _say(f"{repeats} prefills of {batch} x {ids.shape[1]} tokens each, dense and SDTP taking turns")
+        prefills = interleaved(modes, prefill, device, repeats, clock)
+        _say(f"{repeats} x prefill + {new_tokens} tokens each, dense and SDTP taking turns")
+        generates = interleaved(modes, generate, device, repeats, clock)
         for name, pruning in (("dense", False), ("sdtp", True)):
+            prefill_t, e2e_t = _timings(prefills[name]), _timings(generates[name])
             with mode(pruning):
-                _say(f"{name}: {repeats} prefills of {batch} x {ids.shape[1]} tokens, then {repeats} x prefill + "
-                     f"{new_tokens} tokens")
-                prefill_t = _timings(prefill, device, clock, repeats)
-                e2e_t = _timings(generate, device, clock, repeats)
                 out = generate()
             per_row = flops(model.config, tokens if pruning else [ids.shape[1]] * layers, new_tokens,
                             (width, stages) if pruning else (0, []))
@@ -208,14 +210,15 @@ def _plot(r: dict, path: Path) -> None:
 def _run(args: argparse.Namespace) -> int:
     from .models import reference_model
 
+    check_output_folder(args.out)  # before the model loads, not after the run
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = Path(args.model) if args.model else reference_model()
     result = run_demo(model_dir, Path(args.predictors) if args.predictors else None, args.device,
                       args.batch, args.context, args.new_tokens, args.repeats)
     print(_table(result))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(result, out / "demo.png")
     print(f"wrote {out / 'demo.json'} and {out / 'demo.png'}")

@@ -10,7 +10,7 @@ import pathlib
 import subprocess
 import sys
 import time
-from typing import Optional
+from typing import Callable, ContextManager, Optional
 
 import torch
 
@@ -54,6 +54,15 @@ def flops(config, tokens: list[int], new_tokens: int, predictor: tuple[int, list
     return prefill, prefill + decode
 
 
+def on_cuda(device: str) -> bool:
+    """Whether `device` ("cuda", "cuda:1", ...) is a GPU: its work must be waited for and its memory read there."""
+    return torch.device(device).type == "cuda"
+
+
+def peak_mem_method(device: str) -> str:
+    return PEAK_MEM_METHOD["cuda" if on_cuda(device) else "cpu"]
+
+
 class PeakMemory:
     """Additional memory at the peak of the enclosed block (see PEAK_MEM_METHOD)."""
 
@@ -67,10 +76,10 @@ class PeakMemory:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
 
     def __enter__(self):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
+        if on_cuda(self.device):
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
         else:
             ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed blocks back so that they do not hide the peak
             with open("/proc/self/clear_refs", "w") as f:
@@ -79,9 +88,9 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            self.bytes = torch.cuda.max_memory_allocated() - self.base
+        if on_cuda(self.device):
+            torch.cuda.synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
         else:
             self.bytes = self._rss("VmHWM:") - self.base
 
@@ -96,10 +105,22 @@ def measure(fn, device: str, clock) -> tuple[float, int]:
     with PeakMemory(device) as memory:
         start = clock()
         fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        if on_cuda(device):
+            torch.cuda.synchronize(device)
         seconds = clock() - start
     return seconds, memory.bytes
+
+
+def interleaved(modes: dict[str, Callable[[], ContextManager]], fn: Callable[[], object], device: str,
+                repeats: int, clock) -> dict[str, list[tuple[float, int]]]:
+    """(time, peak additional memory) of `repeats` calls of fn in each mode (a context the call runs in, e.g. with
+    pruning off), the modes taking turns call by call, so that a change in the machine's load slows all alike."""
+    runs: dict[str, list[tuple[float, int]]] = {name: [] for name in modes}
+    for _ in range(repeats):
+        for name, mode in modes.items():
+            with mode():
+                runs[name].append(measure(fn, device, clock))
+    return runs
 
 
 @contextlib.contextmanager
@@ -107,12 +128,12 @@ def profiling(device: str):
     """torch.profiler over the block (CPU operators, and CUDA kernels on "cuda", waited for at its end), yielding the
     profile; the profiler's native log lines are kept out of the output."""
     activities = [torch.profiler.ProfilerActivity.CPU]
-    if device == "cuda":
+    if on_cuda(device):
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with _native_stderr_silenced(), torch.profiler.profile(activities=activities) as profile:
         yield profile
-        if device == "cuda":
-            torch.cuda.synchronize()
+        if on_cuda(device):
+            torch.cuda.synchronize(device)
 
 
 @contextlib.contextmanager
@@ -150,14 +171,14 @@ def environment_variable(name: str, value: Optional[str]):
 
 def provenance() -> dict:
     """What a benchmark's figures depend on besides its own arguments: the source (a hash of the package's Python
-    sources and, in a source tree, of csrc/; the git commit and whether the tree had changes where the package sits in
-    its repository's root), the build, and the settings that choose kernels (torch's matmul precision flags,
-    SDTP_SCORE_PATH, SDTP_AVOID_CUDNN_SDPA)."""
+    sources and, in a source tree, of csrc/ and bench/; the git commit and whether the tree had changes where the
+    package sits in its repository's root), the build, and the settings that choose kernels (torch's matmul precision
+    flags, SDTP_SCORE_PATH, SDTP_AVOID_CUDNN_SDPA)."""
     from . import ops
 
     package = pathlib.Path(__file__).resolve().parent
     root = package.parent
-    files = sorted([*package.rglob("*.py"), *(root / "csrc").rglob("*")])
+    files = sorted([*package.rglob("*.py"), *(root / "csrc").rglob("*"), *(root / "bench").glob("*.py")])
     digest = hashlib.sha256()
     for path in (p for p in files if p.is_file()):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())

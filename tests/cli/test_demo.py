@@ -57,3 +57,57 @@ def test_a_context_past_the_trained_length_warns(tmp_path):
     (tmp_path / "task.json").write_text(json.dumps({"task": {"seq_len": 128}}))
     with pytest.warns(UserWarning, match="trained on 128-token prompts"):
         check_context(tmp_path, 1024, 2048)
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    from sdtp_kernels import demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: pytest.fail("the demo ran"))
+    (tmp_path / "afile").write_text("")
+    assert main(["demo", "--device", "cpu", "--out", str(tmp_path / "afile")]) == 2
+    assert f"--out {tmp_path / 'afile'} is a file; expected a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--eval-every", "0"), ("--threads", "0"), ("--final-eval-size", "0"),
+                                         ("--batch-size", "0"), ("--curriculum", "64,abc"), ("--seed", "-1")])
+def test_reference_model_flags_are_checked_as_they_are_parsed(flag, value, capsys):
+    """A zero that divides (--eval-every) or indexes (--batch-size) failed with a traceback, some after training."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["reference-model", "--out", "o", "--work-dir", "w", flag, value])
+    assert stopped.value.code == 2 and f"argument {flag}: expected a" in capsys.readouterr().err
+
+
+def test_dense_and_sdtp_take_turns_call_by_call():
+    """The demo and bench/e2e.py time both sides in turns, so that a change in the machine's load slows both alike."""
+    import contextlib
+
+    from sdtp_kernels.measure import CLOCKS, interleaved
+
+    order = []
+
+    def mode(name):
+        @contextlib.contextmanager
+        def entered():
+            order.append(name)
+            yield
+        return entered
+
+    runs = interleaved({"dense": mode("dense"), "sdtp": mode("sdtp")}, lambda: None, "cpu", 3, CLOCKS["wall"])
+    assert order == ["dense", "sdtp"] * 3 and [len(r) for r in runs.values()] == [3, 3]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_a_gpu_named_with_its_index_is_waited_for_and_its_memory_read(device, monkeypatch):
+    """`--device cuda:0` timed without waiting for the GPU and reported the process's CPU memory."""
+    import torch
+
+    from sdtp_kernels import measure
+
+    calls = []
+    for name in ("synchronize", "reset_peak_memory_stats", "memory_allocated", "max_memory_allocated"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args, name=name: calls.append((name, args)) or 0)
+    measure.measure(lambda: None, device, measure.CLOCKS["wall"])
+    assert [name for name, _ in calls] == ["synchronize", "reset_peak_memory_stats", "memory_allocated",
+                                           "synchronize", "synchronize", "max_memory_allocated"]
+    assert all(args == (device,) for _, args in calls)
+    assert measure.peak_mem_method(device) == measure.PEAK_MEM_METHOD["cuda"]

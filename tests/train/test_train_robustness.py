@@ -172,6 +172,7 @@ def test_shard_outside_torchrun_is_refused_before_the_model_loads(workdir, tmp_p
 
 @pytest.mark.parametrize("command", ["train", "mark", "eval", "demo"])
 @pytest.mark.parametrize("value, expected", [("gpu", "expected a device such as cpu, cuda or cuda:1, got 'gpu'"),
+                                             ("meta", "expected a device such as cpu, cuda or cuda:1, got 'meta'"),
                                              ("cuda:7", "'cuda:7': this machine has")])
 def test_a_bad_device_is_refused_by_name(capsys, command, value, expected):
     if value.startswith("cuda") and torch.cuda.device_count() > 7:
