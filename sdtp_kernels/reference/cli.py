@@ -30,57 +30,64 @@ import sys
 
 import torch
 
-from ..arguments import RawHelpFormatter
-from ..files import respect_umask
+from ..arguments import RawHelpFormatter, non_negative_int, positive_int
+from ..files import check_output_folder, respect_umask
 from ..tasks.retrieval import RetrievalTask
 from ..train.summary import summarize
 from .measures import pruning_probe, query_accuracies
 from .tokenizer import save_tokenizer
 from .trainer import EVAL_SEED_OFFSET, ReferenceRun
 
+def _lengths(text: str) -> str:
+    """argparse type: comma-separated prompt lengths, each a positive int (kept as written: it names the run)."""
+    for item in text.split(",") if text else []:  # empty: --seq-len alone
+        positive_int(item)
+    return text
+
+
 _FLAGS = [
     # (flag, type, default, help); type None = a switch
     ("--work-dir", str, None, "checkpoints, resumed by rerunning the same command (required)"),
     ("--no-resume", None, False, "ignore an existing checkpoint in --work-dir"),
-    ("--seq-len", int, 256, "final (evaluation) prompt length"),
-    ("--n-pairs", int, 1, "key-value pairs in the context"),
-    ("--n-queries", int, 1, "queries; the last one is the prompt's question"),
-    ("--n-keys", int, 64, "key vocabulary"),
-    ("--n-values", int, 64, "value vocabulary"),
-    ("--n-filler", int, 128, "filler vocabulary"),
-    ("--seed", int, 0, "task and initialisation seed"),
-    ("--curriculum", str, "32,64,128,256", "comma-separated prompt lengths; the last is --seq-len"),
+    ("--seq-len", positive_int, 256, "final (evaluation) prompt length"),
+    ("--n-pairs", positive_int, 1, "key-value pairs in the context"),
+    ("--n-queries", positive_int, 1, "queries; the last one is the prompt's question"),
+    ("--n-keys", positive_int, 64, "key vocabulary"),
+    ("--n-values", positive_int, 64, "value vocabulary"),
+    ("--n-filler", positive_int, 128, "filler vocabulary"),
+    ("--seed", non_negative_int, 0, "task and initialisation seed"),
+    ("--curriculum", _lengths, "32,64,128,256", "comma-separated prompt lengths; the last is --seq-len"),
     ("--promote-acc", float, 0.9, "move to the next length when the running train answer accuracy reaches this"),
-    ("--promote-window", int, 20, "steps averaged for --promote-acc"),
-    ("--min-stage-steps", int, 50, "steps at a length before a promotion"),
-    ("--layers", int, 12, "decoder layers"),
-    ("--hidden", int, 128, "hidden size"),
-    ("--heads", int, 4, "attention heads"),
-    ("--kv-heads", int, 4, "key-value heads"),
-    ("--intermediate", int, 384, "MLP width"),
-    ("--max-position", int, 2048, "max_position_embeddings"),
+    ("--promote-window", positive_int, 20, "steps averaged for --promote-acc"),
+    ("--min-stage-steps", non_negative_int, 50, "steps at a length before a promotion"),
+    ("--layers", positive_int, 12, "decoder layers"),
+    ("--hidden", positive_int, 128, "hidden size"),
+    ("--heads", positive_int, 4, "attention heads"),
+    ("--kv-heads", positive_int, 4, "key-value heads"),
+    ("--intermediate", positive_int, 384, "MLP width"),
+    ("--max-position", positive_int, 2048, "max_position_embeddings"),
     ("--init-std", float, 0.02, "initializer_range"),
-    ("--batch-size", int, 32, "rows per step, induction rows included"),
+    ("--batch-size", positive_int, 32, "rows per step, induction rows included"),
     ("--lr", float, 1.5e-3, "peak learning rate"),
     ("--min-lr-ratio", float, 0.1, "the cosine decays to this share of the peak"),
-    ("--warmup", int, 100, "linear warm-up steps"),
-    ("--max-steps", int, 3000, "length of the cosine schedule and hard stop"),
+    ("--warmup", non_negative_int, 100, "linear warm-up steps"),
+    ("--max-steps", positive_int, 3000, "length of the cosine schedule and hard stop"),
     ("--weight-decay", float, 0.01, "AdamW weight decay (matrices, not embeddings)"),
     ("--grad-clip", float, 1.0, "gradient norm clip"),
-    ("--aux-copy-rows", int, 0, "rows of each batch replaced by a repeated random segment (loss on the repeat): "
-                                "an induction warm-up, the copy mechanism that retrieval needs"),
-    ("--aux-stages", int, 1, "curriculum stages that get --aux-copy-rows"),
+    ("--aux-copy-rows", non_negative_int, 0, "rows of each batch replaced by a repeated random segment (loss on the "
+                                             "repeat): an induction warm-up, the copy mechanism that retrieval needs"),
+    ("--aux-stages", non_negative_int, 1, "curriculum stages that get --aux-copy-rows"),
     ("--aux-weight", float, 1.0, "weight of the copy rows' loss"),
     ("--init-from", str, "", "start from a model directory or a run's --work-dir (fresh optimiser and schedule)"),
     ("--time-budget-min", float, 60.0, "stop (and save) after this much training wall time; 0 = none"),
-    ("--stop-at-step", int, 0, "stop (and save) at this step, schedule unchanged; 0 = none"),
-    ("--eval-every", int, 100, "steps between held-out evaluations"),
-    ("--eval-size", int, 256, "held-out prompts per evaluation"),
-    ("--final-eval-size", int, 1000, "held-out prompts of the final accuracies"),
+    ("--stop-at-step", non_negative_int, 0, "stop (and save) at this step, schedule unchanged; 0 = none"),
+    ("--eval-every", positive_int, 100, "steps between held-out evaluations"),
+    ("--eval-size", positive_int, 256, "held-out prompts per evaluation"),
+    ("--final-eval-size", positive_int, 1000, "held-out prompts of the final accuracies"),
     ("--target-acc", float, 0.97, "early stop when held-out accuracy at --seq-len reaches this"),
     ("--ckpt-every-s", float, 180.0, "seconds between checkpoints"),
-    ("--threads", int, 1, "torch CPU threads"),
-    ("--probe-size", int, 500, "prompts of the final pruning probe (0 = skip)"),
+    ("--threads", positive_int, 1, "torch CPU threads"),
+    ("--probe-size", non_negative_int, 500, "prompts of the final pruning probe (0 = skip)"),
     ("--no-progress", None, False, "print a line every 10 steps instead of a progress bar"),
 ]
 
@@ -106,6 +113,7 @@ def add_commands(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     from transformers import GenerationConfig, LlamaForCausalLM
 
+    check_output_folder(args.out)  # before training, not after it
     torch.set_num_threads(args.threads)
     run = ReferenceRun(args)
     state = run.state
