@@ -30,8 +30,8 @@ from sdtp_kernels.arguments import positive_int
 from sdtp_kernels.config import SDTPConfig
 from sdtp_kernels.hf import apply_sdtp, sdtp_disabled
 from sdtp_kernels.hf.attention_backends import AVOID_CUDNN_ENV
-from sdtp_kernels.measure import (CLOCKS, FLOPS_METHOD, environment_variable, flops, interleaved, layer_tokens, measure,
-                                  peak_mem_method, profiling, provenance)
+from sdtp_kernels.measure import (CLOCKS, FLOPS_METHOD, environment_variable, flops, highest_peak, interleaved,
+                                  layer_tokens, measure, peak_mem_method, profiling, provenance)
 
 PRESETS = {
     "cpu": dict(
@@ -96,11 +96,6 @@ def dense_and_sdtp(model, fn, device: str, repeats: int, clock) -> tuple[list, l
     runs = interleaved({"dense": lambda: sdtp_disabled(model), "sdtp": contextlib.nullcontext}, fn, device, repeats,
                        clock)
     return runs["dense"], runs["sdtp"]
-
-
-def best_time_and_peak(runs: list[tuple[float, int]]) -> tuple[float, int]:
-    """The best time and the highest peak memory over repeated calls (not the memory of the fastest one)."""
-    return min(seconds for seconds, _ in runs), max(memory for _, memory in runs)
 
 
 def device_allocations(device: str) -> int:
@@ -186,8 +181,8 @@ def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_
     with torch.no_grad():
         say(f"{context} tokens: {repeats} prefills each, dense and SDTP, then as many at new prompt lengths")
         dense_runs, sdtp_runs = dense_and_sdtp(model, prefill, device, repeats, clock)
-        (dense_prefill, dense_prefill_mem), (sdtp_prefill, sdtp_prefill_mem) = map(best_time_and_peak,
-                                                                                   (dense_runs, sdtp_runs))
+        dense_prefill, sdtp_prefill = min(dense_runs)[0], min(sdtp_runs)[0]
+        dense_prefill_mem, sdtp_prefill_mem = highest_peak(dense_runs), highest_peak(sdtp_runs)
         dense_runs, sdtp_runs = dense_and_sdtp(model, prefill_new_length, device, repeats, clock)
         dense_prefill_new, sdtp_prefill_new = min(dense_runs)[0], min(sdtp_runs)[0]
         # A first generate at a new prompt length pays one-time costs (on an H200 SDTP's took ~9 s at 4K and at 16K
@@ -196,9 +191,8 @@ def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_
         # the other built, then again at that length: the difference is the first call's extra cost, whatever the
         # two lengths. The steady state is the second of two generates at the context; a first generate at the context
         # is that plus the first call's extra cost (the fresh lengths differ, so their raw times are not compared).
-        # The caching allocator's
-        # cudaMalloc calls per generate are recorded to test another explanation: pruned layers hold caches of other
-        # sizes than dense ones, which it may have to allocate afresh.
+        # The caching allocator's cudaMalloc calls per generate are recorded to test another explanation: pruned
+        # layers hold caches of other sizes than dense ones, which it may have to allocate afresh.
         say(f"{context} tokens: generates of {new_tokens} tokens, each side twice at a fresh length, then twice at "
             "the context")
         first_lengths = {"dense": fresh.near(context, new_tokens), "sdtp": fresh.near(context, new_tokens)}
@@ -207,7 +201,7 @@ def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_
         sdtp_first = [measure(generate(first_lengths["sdtp"]), device, clock)[0] for _ in range(2)]
         dense_runs, sdtp_runs = dense_and_sdtp(model, generate(context), device, 2, clock)
         (dense_e2e, _), (sdtp_e2e, _) = dense_runs[1], sdtp_runs[1]
-        dense_mem, sdtp_mem = (max(memory for _, memory in runs) for runs in (dense_runs, sdtp_runs))
+        dense_mem, sdtp_mem = highest_peak(dense_runs), highest_peak(sdtp_runs)
         say(f"{context} tokens: the pruning overhead, one profiled prefill")
         overhead, overhead_span = prune_overhead(prefill, device)
 

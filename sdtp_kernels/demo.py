@@ -20,7 +20,7 @@ import torch
 
 from .arguments import HelpFormatter, device_name, positive_int
 from .files import check_output_folder
-from .measure import CLOCKS, flops, interleaved
+from .measure import CLOCKS, flops, highest_peak, interleaved
 
 
 def _say(message: str) -> None:
@@ -88,7 +88,7 @@ def _timings(runs: list[tuple[float, int]]) -> dict:
     """Median, min and max of repeated (time, peak memory) calls, and the highest peak."""
     seconds = [s for s, _ in runs]
     return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
-            "all_s": seconds, "peak_mem": max(memory for _, memory in runs)}
+            "all_s": seconds, "peak_mem": highest_peak(runs)}
 
 
 def run_demo(model_dir: Path, predictors: Path | None, device: str, batch: int, context: int | None,

@@ -123,6 +123,11 @@ def interleaved(modes: dict[str, Callable[[], ContextManager]], fn: Callable[[],
     return runs
 
 
+def highest_peak(runs: list[tuple[float, int]]) -> int:
+    """The highest peak memory of repeated (time, peak memory) calls: a peak over all of them, not the fastest one's."""
+    return max(memory for _, memory in runs)
+
+
 @contextlib.contextmanager
 def profiling(device: str):
     """torch.profiler over the block (CPU operators, and CUDA kernels on "cuda", waited for at its end), yielding the

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import SDTPConfig
-from .files import save_safetensors
+from .files import save_safetensors, strict_json
 from .predictor import SaliencyPredictor
 
 CONFIG_FILE = "sdtp_config.json"
@@ -207,7 +207,7 @@ def write_predictors(
     _stage_state(tensors, f"save to {directory}", saved["hidden_size"], config.predictor_width(saved["hidden_size"]),
                  len(predictors))
     _check_finite(tensors, f"save to {directory}")
-    text = json.dumps(saved, indent=2, allow_nan=False)
+    text = strict_json(saved, indent=2)
     os.makedirs(directory, exist_ok=True)
     weights_path, config_path = (os.path.join(directory, name) for name in (WEIGHTS_FILE, CONFIG_FILE))
     try:

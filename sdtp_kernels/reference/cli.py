@@ -38,6 +38,7 @@ from .measures import pruning_probe, query_accuracies
 from .tokenizer import save_tokenizer
 from .trainer import EVAL_SEED_OFFSET, ReferenceRun
 
+
 def _lengths(text: str) -> str:
     """argparse type: comma-separated prompt lengths, each a positive int (kept as written: it names the run)."""
     for item in text.split(",") if text else []:  # empty: --seq-len alone
