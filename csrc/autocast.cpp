@@ -2,7 +2,7 @@
 // its inputs, so autocast is switched off for the call. Left on, it reached the matmuls inside the kernels: the CPU
 // kernel's GEMM came back in bfloat16 and its float32 epilogue refused it. The other ops gather and rank; autocast
 // casts nothing they call.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>

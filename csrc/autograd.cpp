@@ -4,8 +4,11 @@
 //   saliency_score           no backward: an input that requires grad is refused by name, where the kernels would
 //                            otherwise fail inside (CPU) or return scores cut from the graph (CUDA).
 // select_tokens returns integers, which autograd leaves alone. Calls that record nothing go straight to the kernels.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -61,7 +64,7 @@ class CompactFunction : public torch::autograd::Function<CompactFunction> {
     for (int64_t i = 1; i < d; ++i) outer *= sizes[i];
     const c10::SymInt B = sizes[0], N = sizes[d], rows = B * outer * N;
     const at::Tensor starts = at::arange(c10::Scalar(B * outer), index.options()).mul_(c10::Scalar(N));
-    const at::Tensor dest = (starts.view_symint({B, outer, 1}) + index.unsqueeze(1))
+    const at::Tensor dest = starts.view_symint({B, outer, 1}).add(index.unsqueeze(1))
                                 .masked_fill_(index.lt(0).unsqueeze(1), c10::Scalar(rows));
     std::vector<c10::SymInt> padded(sizes.begin() + d, sizes.end());
     padded[0] = rows + 1;
@@ -95,7 +98,7 @@ class CompactVarlenFunction : public torch::autograd::Function<CompactVarlenFunc
     const at::Tensor slot = kept.cumsum(0).sub_(1).masked_fill_(kept.logical_not(), c10::Scalar(total));
     const at::Tensor starts = at::arange(c10::Scalar(sizes[0]), index.options()).mul_(c10::Scalar(sizes[1]));
     const at::Tensor rows = at::empty_symint({total + 1}, index.options())
-                                .scatter_(0, slot, (starts.unsqueeze(1) + index).flatten())
+                                .scatter_(0, slot, starts.unsqueeze(1).add(index).flatten())
                                 .narrow_symint(0, 0, total);
     at::Tensor grad_x = at::zeros_symint(sizes, grads[0].options());
     grad_x.flatten(0, 1).index_add_(0, rows, grads[0]);

@@ -2,8 +2,11 @@
 // the `width` check of select_tokens, the index range check of compact and the cu_seqlens of compact_varlen. Kept
 // in one place so that both backends answer with the same shapes, values and error messages.
 #pragma once
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/aminmax.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Optional.h>
 
 #include <cstdint>

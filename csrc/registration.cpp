@@ -14,7 +14,9 @@ TORCH_LIBRARY(sdtp, m) {
 }
 
 #ifdef TORCH_EXTENSION_NAME
-#include <torch/extension.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/Exception.h>
+#include <pybind11/pybind11.h>
 
 #include <string>
 

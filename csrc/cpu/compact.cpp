@@ -1,7 +1,8 @@
 // CPU compact / compact_varlen (docs/ARCHITECTURE.md §3.3): whole-row copies (memcpy of the contiguous tail behind
 // the sequence dim), zero rows where index == -1.
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cstring>

@@ -3,7 +3,12 @@
 // whole.
 // Blocks run one after another and each ATen call inside uses every thread: a parallel loop over blocks would nest
 // the GEMM library's own threads inside ours, which collapses under load.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/mv.h>
+#include <ATen/ops/rsqrt.h>
 #include <torch/library.h>
 
 #include "../validate.h"
@@ -25,7 +30,7 @@ at::Tensor saliency_score_cpu(const at::Tensor& hidden, const at::Tensor& norm_w
   if (T == 0) return out;
 
   // rmsnorm(x) * g @ w1.T == (x / rms(x)) @ (w1 * g).T: fold g into w1 once.
-  const auto w = (w1.to(at::kFloat) * norm_weight.to(at::kFloat).unsqueeze(0)).t().contiguous();  // [D, H]
+  const auto w = w1.to(at::kFloat).mul(norm_weight.to(at::kFloat).unsqueeze(0)).t().contiguous();  // [D, H]
   const auto bias1 = b1.to(at::kFloat).contiguous();
   const auto w2f = w2.to(at::kFloat).contiguous();
   const float bias2 = b2.to(at::kFloat).reshape({}).item<float>();
@@ -33,7 +38,7 @@ at::Tensor saliency_score_cpu(const at::Tensor& hidden, const at::Tensor& norm_w
   for (int64_t t0 = 0; t0 < T; t0 += kTokensPerBlock) {
     const int64_t n = std::min(kTokensPerBlock, T - t0);
     const auto xb = x.narrow(0, t0, n).to(at::kFloat);  // [n, D]
-    const auto inv_rms = at::rsqrt(xb.square().mean(1, /*keepdim=*/true) + eps);
+    const auto inv_rms = at::rsqrt(xb.square().mean(1, /*keepdim=*/true).add(eps));
     auto y = at::mm(xb, w);  // [n, H], un-normalised
     y.mul_(inv_rms).add_(bias1);
     at::gelu_(y);  // erf form

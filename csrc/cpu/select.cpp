@@ -1,7 +1,9 @@
 // CPU select_tokens (docs/ARCHITECTURE.md §3.2): per row, a partial selection (nth_element) of the pivot over the
 // unprotected valid tokens, then one ascending scan that writes the kept positions already sorted and right-aligned.
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>

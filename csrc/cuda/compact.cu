@@ -1,7 +1,8 @@
 // CUDA compact / compact_varlen (docs/ARCHITECTURE.md §3.3): row gathers along the sequence dim. A contiguous x is
 // viewed as [B, outer, N, row_bytes]; each output row is one source row (or zeros for index -1), copied with the
 // widest vector (16, 8, 4, 2 or 1 bytes) that the row length and both base pointers allow. All offsets are 64-bit.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -142,7 +143,7 @@ std::tuple<at::Tensor, at::Tensor, c10::SymInt> compact_varlen_cuda(const at::Te
   auto packed = at::empty(compact_varlen_sizes(x, s.total), x.options());
   if (packed.numel() == 0) return {packed, cu_seqlens, c10::SymInt(max_seqlen)};
   // Rows keep their non-negative entries in order: row b's j-th kept entry goes to packed row cu_seqlens[b] + j.
-  const auto dest_rows = (s.kept.cumsum(1) - 1).add_((s.ends - s.counts).unsqueeze(1)).contiguous();  // int64 [B, K]
+  const auto dest_rows = s.kept.cumsum(1).sub_(1).add_(s.ends.sub(s.counts).unsqueeze(1)).contiguous();  // int64 [B, K]
   GatherArgs a{};
   a.src = static_cast<const char*>(x.data_ptr());
   a.dst = static_cast<char*>(packed.data_ptr());

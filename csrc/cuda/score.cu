@@ -10,7 +10,9 @@
 // adds them in a fixed order plus b2, so results are deterministic (no atomics); with one H tile the main kernel
 // writes the score directly. float32 input runs a SIMT kernel (64 x 64 tiles) with the same epilogue in true fp32
 // (TF32 would not meet the float32 tolerance).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

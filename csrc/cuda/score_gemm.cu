@@ -2,7 +2,9 @@
 //   pre = x @ (w1 * g).T      ATen's mm with a float32 result (cuBLAS, fp32 accumulate), a chunk of tokens at a time
 //   s   = gelu_erf(pre / rms(x) + b1) . w2 + b2      one warp per token, in a fixed order (deterministic)
 // Chunks bound the [tokens, H] intermediate (kChunkBytes) so that it stays in L2 between the GEMM and the epilogue.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

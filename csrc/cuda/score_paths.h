@@ -4,7 +4,7 @@
 //          then one fused epilogue kernel per chunk (1/rms, + b1, GELU, . w2, + b2).
 // Both read the weights that score_weights.cu prepares in one launch per call.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <cuda_runtime.h>
 
 namespace sdtp {

@@ -1,7 +1,8 @@
 // saliency_score on CUDA: the weights both paths read (csrc/cuda/score_paths.h, docs/ARCHITECTURE.md §3.1), made in
 // one launch per call: wf = w1 * g in the GEMM's input dtype (zero-padded to Dp columns) and b1, w2, b2 as float32.
 // One kernel instead of a fold plus four dtype conversions: at a few thousand tokens the op is bound by its launches.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -12,7 +12,10 @@
 //   emit      several CTAs per row: one order-preserving block scan per tile, starting from the earlier chunks'
 //             totals, writes the kept positions ascending and right-aligned; -1 fills index[b, :K - c].
 // Everything is integer arithmetic, so the result is bitwise the CPU one and the same run to run.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -118,6 +118,17 @@ def test_no_line_of_code_over_120_characters():
     assert not long, long
 
 
+# Headers that pull in every ATen operator (or the whole C++ frontend): each costs a translation unit 10-20 s of
+# parsing, more under nvcc, which parses once per target architecture. Include ATen/core/Tensor.h and ATen/ops/*.h.
+UMBRELLA_HEADERS = ("ATen/ATen.h", "ATen/Functions.h", "torch/extension.h", "torch/all.h", "torch/torch.h")
+
+
+def test_native_sources_include_no_umbrella_header():
+    found = [f"{p.relative_to(ROOT)}: {h}" for p in sorted(ROOT.glob("csrc/**/*")) if p.is_file()
+             for h in UMBRELLA_HEADERS if f"#include <{h}>" in p.read_text()]
+    assert not found, found
+
+
 def _run_with_a_copy_of_the_package(tmp_path, extension, body: str) -> None:
     """Runs `body` in a fresh interpreter that imports the package from a copy in tmp_path, whose compiled extension
     is `extension` (bytes; None: none). -S: no site initialisation, so the editable install's import hook cannot hand
