@@ -16,7 +16,7 @@ QUICK = [
     ("--count 4000", "--count 64"),
     ("--max-steps 800", "--max-steps 2"),
     ("--count 500", "--count 16 --spearman-count 4 --untrained-seeds 2"),
-    ("--contexts 1024 2048 4096 8192", "--contexts 128"),
+    ("--contexts 1024 2048 4096 8192", "--contexts 128 --new-tokens 8"),  # not 128: 16 generates
     ("--out bench/results/saliency-ceiling.json", "--out bench/results/saliency-ceiling.json --count 6 --fit-count 8 "
                                                  "--steps 2"),
     ("--tasks sdtp_retrieval sdtp_retrieval_mc", "--tasks sdtp_retrieval sdtp_retrieval_mc --limit 6"),
