@@ -34,8 +34,8 @@ stamp=$( { find csrc setup.py pyproject.toml CMakeLists.txt -type f -print0 | so
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] && "$venv/bin/sdtp" info >/dev/null 2>&1; then
   step "the native build is up to date (stamp $stamp): nothing to build"
 else
-  step "building the package and its native ops (CPU kernels; CUDA kernels too when nvcc is found: about 5 minutes \
-on 2 cores)"
+  step "building the package and its native ops (CPU kernels; CUDA kernels too when nvcc is found: about 6 minutes \
+with the dependencies, on 2 cores)"
   MAX_JOBS=${MAX_JOBS:-2} pip install -q --no-build-isolation -e ".[dev,data]"
   echo "$stamp" > "$stamp_file"
 fi
