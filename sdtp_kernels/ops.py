@@ -1,5 +1,5 @@
-"""The four native ops (docs/ARCHITECTURE.md §3) as Python functions, and their fake (shape-only) implementations
-so that `torch.compile` and `torch.library.opcheck` can trace them. The kernels themselves live in csrc/.
+"""The four native ops (docs/ARCHITECTURE.md §3) as Python functions; their fake (shape-only) implementations are in
+op_fakes.py, the kernels in csrc/.
 
 The compiled extension loads with this module where it is built (`load_library`): `torch.compile` cannot trace the
 loading, so a compiled function making the process's first op call would fail under fullgraph. The package root,
@@ -13,6 +13,8 @@ import types
 from typing import Optional, Union
 
 import torch
+
+from .op_fakes import register_fakes
 
 IntOrTensor = Union[int, torch.Tensor]
 
@@ -32,7 +34,7 @@ def load_library() -> types.ModuleType:
                 f"sdtp_kernels: the native ops (sdtp_kernels._C) {state} in this installation ({error}); build them "
                 "with `bash scripts/setup.sh` or `pip install .` from the source tree"
             ) from error
-        _register_fakes()
+        register_fakes()
         _extension = _C
     return _extension
 
@@ -132,51 +134,6 @@ def compact_varlen(x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, 
     """Rows of x [B, N, ...] picked by index (entries >= 0, in order), packed as FlashAttention's varlen layout:
     (packed [T, ...], cu_seqlens [B + 1] int32, max_seqlen)."""
     return _ops().compact_varlen(x, index)
-
-
-def _check_device(name: str, t: torch.Tensor, ref: torch.Tensor, op: str) -> None:
-    if t.device != ref.device:
-        raise RuntimeError(
-            f"{op}: argument '{name}' must be on the same device as its first argument ({ref.device}), got {t.device}")
-
-
-def _register_fakes() -> None:
-    @torch.library.register_fake("sdtp::saliency_score")
-    def _saliency_score_fake(hidden, norm_weight, w1, b1, w2, b2, eps=1e-6):
-        for name, t in (("norm_weight", norm_weight), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
-            _check_device(name, t, hidden, "sdtp.saliency_score")
-        return hidden.new_empty(hidden.shape[:-1], dtype=torch.float32)
-
-    @torch.library.register_fake("sdtp::select_tokens")
-    def _select_tokens_fake(scores, keep, valid=None, num_sink=4, num_local=None, width=None, *, check=True):
-        if valid is not None:
-            _check_device("valid", valid, scores, "sdtp.select_tokens")
-        if not check and width is None:
-            raise ValueError("sdtp.select_tokens: argument 'width' is required with check=False (the output width is "
-                             "not read back then)")
-        if width is None:
-            width = torch.library.get_ctx().new_dynamic_size()
-        B = scores.shape[0]
-        return scores.new_empty((B, width), dtype=torch.int64), scores.new_empty((B,), dtype=torch.int64)
-
-    @torch.library.register_fake("sdtp::compact")
-    def _compact_fake(x, index, dim=1, *, check=True):
-        _check_device("index", index, x, "sdtp.compact")
-        d = dim + x.dim() if dim < 0 else dim
-        if not 1 <= d < x.dim():  # the kernels' check, so that a traced call fails where an eager one would
-            raise ValueError(f"sdtp.compact: argument 'dim' must name a sequence dim in [1, {x.dim() - 1}] (or its "
-                             f"negative), got {dim}")
-        shape = list(x.shape)
-        shape[d] = index.shape[1]
-        return x.new_empty(shape)
-
-    @torch.library.register_fake("sdtp::compact_varlen")
-    def _compact_varlen_fake(x, index):
-        _check_device("index", index, x, "sdtp.compact_varlen")
-        ctx = torch.library.get_ctx()
-        total, max_seqlen = ctx.new_dynamic_size(), ctx.new_dynamic_size()
-        packed = x.new_empty((total, *x.shape[2:]))
-        return packed, x.new_empty((x.shape[0] + 1,), dtype=torch.int32), max_seqlen
 
 
 def _built() -> bool:

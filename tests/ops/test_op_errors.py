@@ -15,6 +15,13 @@ def score_with(**overrides):
     return sdtp_kernels.saliency_score(**{**SCORE_ARGS, **overrides})
 
 
+def _raised(call):
+    with pytest.raises(Exception) as info:
+        call()
+    return info.value
+
+
+# Bad shapes, dtypes, devices and plain arguments: the fakes (sdtp_kernels/op_fakes.py) check them too.
 CASES = [
     ("scores", lambda: sdtp_kernels.select_tokens(torch.randn(8), 2)),  # wrong rank
     ("scores", lambda: sdtp_kernels.select_tokens(S.long(), 2)),  # not floating
@@ -22,7 +29,6 @@ CASES = [
     ("valid", lambda: sdtp_kernels.select_tokens(S, 2, valid=torch.ones(3, 8, dtype=torch.bool))),  # mismatched B
     ("valid", lambda: sdtp_kernels.select_tokens(S, 2, valid=torch.ones(2, 8))),  # float mask
     ("keep", lambda: sdtp_kernels.select_tokens(S, -1)),
-    ("keep", lambda: sdtp_kernels.select_tokens(S, torch.tensor([1, -2]))),
     ("keep", lambda: sdtp_kernels.select_tokens(S, torch.tensor([1, 2, 3]))),  # wrong length
     ("keep", lambda: sdtp_kernels.select_tokens(S, torch.tensor([1.0, 2.0]))),  # float
     ("keep", lambda: sdtp_kernels.select_tokens(S, 2.5)),
@@ -32,16 +38,12 @@ CASES = [
     ("num_local", lambda: sdtp_kernels.select_tokens(S, 2, num_local=-3)),
     ("num_sink", lambda: sdtp_kernels.select_tokens(S, 2, num_sink=-1)),
     ("num_sink", lambda: sdtp_kernels.select_tokens(S, 2, num_sink=True)),  # the schema's int would take it as 1
-    ("width", lambda: sdtp_kernels.select_tokens(S, 6, width=3)),
     ("x", lambda: sdtp_kernels.compact(torch.randn(8), IDX)),  # wrong rank
     ("index", lambda: sdtp_kernels.compact(X, IDX.float())),  # float index
     ("index", lambda: sdtp_kernels.compact(X, IDX[:1])),  # mismatched B
-    ("index", lambda: sdtp_kernels.compact(X, torch.tensor([[0, 8], [0, 1]]))),  # out of range
-    ("index", lambda: sdtp_kernels.compact(X, torch.tensor([[0, -2], [0, 1]]))),
     ("dim", lambda: sdtp_kernels.compact(X, IDX, dim=0)),
     ("dim", lambda: sdtp_kernels.compact(X, IDX, dim=3)),
     ("index", lambda: sdtp_kernels.compact_varlen(X, IDX.int())),
-    ("index", lambda: sdtp_kernels.compact_varlen(X, torch.tensor([[0, 9], [0, 1]]))),
     ("hidden", lambda: score_with(hidden=torch.randn(3, 16).long())),
     ("hidden", lambda: score_with(hidden=torch.randn(3, 16).double())),
     ("w1", lambda: score_with(w1=torch.randn(4, 15))),
@@ -54,13 +56,41 @@ CASES = [
     ("w1", lambda: score_with(w1=torch.randn(4, 16, requires_grad=True))),  # no gradient: refused, not cut off
     ("hidden", lambda: score_with(hidden=torch.randn(3, 16, requires_grad=True))),
 ]
+# Bad values only the data holds: the kernels check them.
+VALUE_CASES = [
+    ("keep", lambda: sdtp_kernels.select_tokens(S, torch.tensor([1, -2]))),
+    ("width", lambda: sdtp_kernels.select_tokens(S, 6, width=3)),
+    ("index", lambda: sdtp_kernels.compact(X, torch.tensor([[0, 8], [0, 1]]))),  # out of range
+    ("index", lambda: sdtp_kernels.compact(X, torch.tensor([[0, -2], [0, 1]]))),
+    ("index", lambda: sdtp_kernels.compact_varlen(X, torch.tensor([[0, 9], [0, 1]]))),
+]
+ALL_CASES = CASES + VALUE_CASES
 
 
-@pytest.mark.parametrize("name,call", CASES, ids=[f"{i}-{c[0]}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("name,call", ALL_CASES, ids=[f"{i}-{c[0]}" for i, c in enumerate(ALL_CASES)])
 def test_bad_input_names_the_argument(name, call):
     with pytest.raises((RuntimeError, ValueError, TypeError, IndexError)) as info:
         call()
     assert f"'{name}'" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("name,call", CASES, ids=[f"{i}-{c[0]}" for i, c in enumerate(CASES)])
+def test_fakes_raise_what_the_kernels_raise(name, call):
+    """A traced call (torch.compile, opcheck) or a meta one fails as an eager one does, not with a wrong-shaped
+    output: same exception type, same message."""
+    expected = _raised(call)
+    with torch._subclasses.fake_tensor.FakeTensorMode(allow_non_fake_inputs=True):
+        got = _raised(call)
+    assert type(got) is type(expected) and str(got) == str(expected), (got, expected)
+
+
+def test_meta_tensors_are_checked():
+    """The meta device runs the fakes: a bad shape raises there as on every other device."""
+    meta = {name: t.to("meta") for name, t in SCORE_ARGS.items()}
+    with pytest.raises(ValueError, match="argument 'b1' must have shape \\[H\\] = \\[4\\], got \\[5\\]"):
+        sdtp_kernels.saliency_score(**{**meta, "b1": torch.zeros(5, device="meta")})
+    with pytest.raises(TypeError, match="argument 'index' must be int64, got Float"):
+        sdtp_kernels.compact(X.to("meta"), IDX.float().to("meta"))
 
 
 @pytest.mark.parametrize(
@@ -104,12 +134,6 @@ DEVICE_VALUE_CASES = {
     "compact_varlen-index-above": lambda d: sdtp_kernels.compact_varlen(
         X.to(d), torch.tensor([[-1, 9], [0, 1]], device=d)),
 }
-
-
-def _raised(call):
-    with pytest.raises(Exception) as info:
-        call()
-    return info.value
 
 
 @pytest.mark.parametrize("case", DEVICE_VALUE_CASES)
@@ -160,9 +184,3 @@ def test_saliency_score_takes_weights_that_require_grad_only_without_grad_mode(d
         got = sdtp_kernels.saliency_score(**{**args, "w1": w1})
     assert torch.equal(got, sdtp_kernels.saliency_score(**args))
 
-
-def test_compact_fake_checks_dim_as_the_kernels_do():
-    """A traced call fails where an eager one would, not with a wrong output shape."""
-    with pytest.raises(ValueError, match="argument 'dim'"):
-        with torch._subclasses.fake_tensor.FakeTensorMode():
-            sdtp_kernels.compact(torch.empty(2, 8, 4), torch.zeros(2, 3, dtype=torch.int64), dim=0)

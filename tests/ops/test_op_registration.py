@@ -108,6 +108,21 @@ def test_torch_compile_fullgraph():
         assert torch.equal(got, want)
 
 
+def test_torch_compile_two_stages_with_data_dependent_widths():
+    """The second stage selects from scores whose width the first select_tokens decided: the fakes check what the
+    trace knows and leave sizes that depend on data to the kernels, instead of stopping the trace."""
+    def two_stages(scores, valid):
+        index, _ = sdtp_kernels.select_tokens(scores, 6, valid, 1, 1)
+        kept = sdtp_kernels.compact(scores.unsqueeze(-1), index).squeeze(-1)
+        kept_valid = sdtp_kernels.compact(valid.unsqueeze(-1).float(), index).squeeze(-1) > 0
+        return sdtp_kernels.select_tokens(kept, 3, kept_valid, 1, 1)[0]
+
+    scores, valid = torch.randn(2, 12, generator=torch.Generator().manual_seed(2)), torch.ones(2, 12, dtype=torch.bool)
+    valid[0, :4] = False
+    compiled = torch.compile(two_stages, fullgraph=True, dynamic=True, backend="aot_eager")
+    assert torch.equal(compiled(scores, valid), two_stages(scores, valid))
+
+
 def test_torch_compile_fullgraph_makes_the_first_op_call():
     # A fresh process whose first op call is inside a compiled function: dynamo cannot trace loading the extension.
     code = textwrap.dedent("""
