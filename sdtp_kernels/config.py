@@ -25,16 +25,10 @@ def _plain(value: Any, cast: type) -> Any:
         return float(value)
 
 
-def _check_count(name: str, value: Any, minimum: int) -> None:
+def _check_int(what: str, value: Any, minimum: int) -> None:
+    """`what`: a field ("SDTPConfig.num_sink") or a method's argument ("SDTPConfig: argument 'length'")."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"SDTPConfig: argument '{name}' must be an int >= {minimum}, got {value!r}")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"SDTPConfig.{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"SDTPConfig.{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
 
 
 def _check_ratio(name: str, value: Any, low_open: bool) -> None:
@@ -67,15 +61,15 @@ class SDTPConfig:
     def __post_init__(self) -> None:
         # Layer 0 keeps the unpruned prompt: transformers reads the sequence length (new tokens' positions, the
         # decode mask of the unpruned layers) from layer 0's KV cache.
-        _check_int("start_layer", self.start_layer, 1)
-        _check_int("layer_step", self.layer_step, 1)
+        _check_int("SDTPConfig.start_layer", self.start_layer, 1)
+        _check_int("SDTPConfig.layer_step", self.layer_step, 1)
         if self.num_stages is not None:
-            _check_int("num_stages", self.num_stages, 1)
+            _check_int("SDTPConfig.num_stages", self.num_stages, 1)
         _check_ratio("keep_ratio", self.keep_ratio, low_open=True)
-        _check_int("num_sink", self.num_sink, 0)
+        _check_int("SDTPConfig.num_sink", self.num_sink, 0)
         _check_ratio("local_ratio", self.local_ratio, low_open=False)
         if self.predictor_hidden is not None:
-            _check_int("predictor_hidden", self.predictor_hidden, 1)
+            _check_int("SDTPConfig.predictor_hidden", self.predictor_hidden, 1)
         # numpy and other numeric types stored as Python ones: JSON, repr and exact ratios take them as they are.
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
@@ -106,15 +100,15 @@ class SDTPConfig:
         """The last tokens of a row's prompt that every stage keeps: ceil(local_ratio * L), or `tail` if more (a
         caller's protected tail, e.g. the continuation a log-likelihood scores), and at least the last token, whose
         logits generation reads (also with local_ratio = 0)."""
-        _check_count("length", length, 0)
-        _check_count("tail", tail, 0)
+        _check_int("SDTPConfig: argument 'length'", length, 0)
+        _check_int("SDTPConfig: argument 'tail'", tail, 0)
         return max(math.ceil(_exact(self.local_ratio) * length), min(tail, length), min(1, length))
 
     def kept_count(self, length: int, stage: int, tail: int = 0) -> int:
         """Tokens stage `stage` (1-based; 0 = the unpruned prompt) keeps of a row with `length` real tokens:
         ceil(keep_ratio**stage * L), raised to the protected count. This is what `select_tokens` keeps when given
         keep = ceil(keep_ratio**stage * L), num_sink and num_local = local_count(L, tail)."""
-        _check_count("stage", stage, 0)
+        _check_int("SDTPConfig: argument 'stage'", stage, 0)
         protected = min(length, self.num_sink + self.local_count(length, tail))
         return max(math.ceil(_exact(self.keep_ratio) ** stage * length), protected)
 

@@ -35,10 +35,10 @@ VOCAB, LAYERS, PROMPT, PAD = 128, 8, 40, 7
 # Stages before layers 2, 4 and 6 of 8: three stages, each layer group of a different length.
 PRUNING = SDTPConfig(start_layer=2, layer_step=2, keep_ratio=0.7, num_sink=2, local_ratio=0.1)
 
-_ROPE = dict(
-    vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-)
+# The sizes every tiny decoder shares (also for models the tests build without MODELS: refused architectures).
+DECODER = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
+               pad_token_id=0)
+_ROPE = dict(DECODER, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
 _MOE = dict(num_experts_per_tok=2)
 MODELS = {  # name: (model class, config class, config arguments)
     "llama": (LlamaForCausalLM, LlamaConfig, _ROPE),

@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 import torch
-from hf_tiny import LAYERS, MODELS, PAD, PROMPT, PRUNING, VARIANTS, prompts, tiny_model
+from hf_tiny import DECODER, LAYERS, MODELS, PAD, PROMPT, PRUNING, VARIANTS, prompts, tiny_model
 from masked_reference import masked_forward, masked_generate
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -226,17 +226,13 @@ def _without_position_embeddings(model):
     return model
 
 
-_SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
-              pad_token_id=0)
-
-
 @pytest.mark.parametrize("alibi", [True, False])
 def test_falcon_is_refused(alibi):
     """Falcon adds its ALiBi bias into the attention mask that SDTP builds anew for pruned layers (the bias was lost
     there: a wrong answer), and with alibi off its layers rotate positions SDTP does not gather (a crash)."""
     from transformers import FalconConfig, FalconForCausalLM
 
-    model = FalconForCausalLM(FalconConfig(**_SMALL, alibi=alibi, new_decoder_architecture=False, multi_query=True))
+    model = FalconForCausalLM(FalconConfig(**DECODER, alibi=alibi, new_decoder_architecture=False, multi_query=True))
     with pytest.raises(TypeError, match="does not support FalconForCausalLM.*adds the ALiBi bias into the attention"):
         apply_sdtp(model, PRUNING)
 
@@ -245,7 +241,7 @@ def test_layers_with_per_layer_inputs_are_refused():
     """Gemma 3n (and Gemma 4) layers take per-token inputs SDTP does not compact and share keys across layers."""
     from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
 
-    config = Gemma3nTextConfig(**_SMALL, num_key_value_heads=2, head_dim=16, vocab_size_per_layer_input=128,
+    config = Gemma3nTextConfig(**DECODER, num_key_value_heads=2, head_dim=16, vocab_size_per_layer_input=128,
                                hidden_size_per_layer_input=8, num_kv_shared_layers=2, laurel_rank=4,
                                altup_num_inputs=2, activation_sparsity_pattern=[0.0] * 8)
     with pytest.raises(TypeError, match="does not support Gemma3nForCausalLM.*also take per_layer_input"):
