@@ -50,7 +50,7 @@ def extension():
     nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr", *macros]
     return CUDAExtension(
         "sdtp_kernels._C",
-        sources + sorted(glob.glob("csrc/cuda/*.cu")),
+        sources + sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp")),
         extra_compile_args={"cxx": cxx + macros, "nvcc": nvcc},
         extra_link_args=link,
     )

@@ -6,13 +6,13 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 
 #include "../host_common.h"
 #include "../validate.h"
 #include "common.cuh"
+#include "ops.h"
 
 namespace sdtp {
 namespace {
@@ -99,6 +99,8 @@ void launch_gather(GatherArgs a) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+}  // namespace
+
 at::Tensor compact_cuda(const at::Tensor& x_in, const at::Tensor& index_in, int64_t dim, bool check) {
   const int64_t d = check_compact_inputs(x_in, index_in, dim, "sdtp.compact");
   TORCH_CHECK(x_in.is_cuda(), "sdtp.compact: argument 'x' must be a CUDA tensor here");
@@ -156,13 +158,6 @@ std::tuple<at::Tensor, at::Tensor, c10::SymInt> compact_varlen_cuda(const at::Te
   a.row_bytes = size_prod(x, 2, x.dim()) * static_cast<int64_t>(x.element_size());
   launch_gather(a);
   return {packed, cu_seqlens, c10::SymInt(max_seqlen)};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(sdtp, CUDA, m) {
-  m.impl("compact", &compact_cuda);
-  m.impl("compact_varlen", &compact_varlen_cuda);
 }
 
 }  // namespace sdtp

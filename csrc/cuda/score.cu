@@ -18,12 +18,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <torch/library.h>
 
 #include <type_traits>
 
 #include "../validate.h"
 #include "common.cuh"
+#include "ops.h"
 #include "score_paths.h"
 
 namespace sdtp {
@@ -363,8 +363,6 @@ __global__ void __launch_bounds__(kThreads) score_simt_kernel(const Args a) {
 
 }  // namespace
 
-namespace {
-
 at::Tensor saliency_score_cuda(const at::Tensor& hidden, const at::Tensor& norm_weight, const at::Tensor& w1,
                                const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2, double eps) {
   const int64_t D = check_score_inputs(hidden, norm_weight, w1, b1, w2, b2, eps);
@@ -451,9 +449,5 @@ at::Tensor saliency_score_cuda(const at::Tensor& hidden, const at::Tensor& norm_
   }
   return out;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(sdtp, CUDA, m) { m.impl("saliency_score", &saliency_score_cuda); }
 
 }  // namespace sdtp

@@ -19,7 +19,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 
@@ -27,6 +26,7 @@
 #include "../select_plan.h"
 #include "../validate.h"
 #include "common.cuh"
+#include "ops.h"
 
 namespace sdtp {
 namespace {
@@ -395,6 +395,8 @@ void row_argument(const at::Tensor& t, const char* name, int64_t B, at::Device d
   *scalar = 0;
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> select_tokens_cuda(const at::Tensor& scores_in, const at::Tensor& keep_in,
                                                        const c10::optional<at::Tensor>& valid_in, int64_t num_sink,
                                                        const c10::optional<at::Tensor>& num_local_in,
@@ -504,9 +506,5 @@ std::tuple<at::Tensor, at::Tensor> select_tokens_cuda(const at::Tensor& scores_i
   });
   return {index, counts};
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(sdtp, CUDA, m) { m.impl("select_tokens", &select_tokens_cuda); }
 
 }  // namespace sdtp

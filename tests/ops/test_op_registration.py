@@ -139,3 +139,15 @@ def test_build_info():
     info = sdtp_kernels.build_info()
     assert {"version", "torch", "cpu", "cuda_compiled", "cuda_archs", "cuda_available"} <= info.keys()
     assert info["cpu"] is True and info["version"] == sdtp_kernels.__version__
+
+
+def test_every_op_has_its_kernels_registered():
+    """Each backend registers its kernels when the extension loads: CPU always, CUDA in a build with the CUDA
+    kernels (checked without a device, so that a registration lost from a CUDA source shows on a CPU machine), the
+    backward where the op has one, Meta through the fakes."""
+    backward = {"saliency_score", "compact", "compact_varlen"}  # saliency_score's refuses inputs that need grad
+    cuda = ["CUDA"] if sdtp_kernels.build_info()["cuda_compiled"] else []
+    for op in ("saliency_score", "select_tokens", "compact", "compact_varlen"):
+        keys = ["CPU", "Meta", *cuda, *(["Autograd"] if op in backward else [])]
+        missing = [key for key in keys if not torch._C._dispatch_has_kernel_for_dispatch_key(f"sdtp::{op}", key)]
+        assert not missing, f"sdtp::{op} has no kernel for {missing}"
