@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_KEYS = ("identity", "step", "predictors", "optimizer", "scheduler")  # what a resume reads
 
 
 def checkpoint_path(out: str) -> str:
@@ -36,6 +37,9 @@ def load_checkpoint(out: str, identity: dict[str, Any]) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # a file cut short or not a checkpoint
         raise ValueError(f"--resume: {path} is not a readable checkpoint ({e})") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:  # a file torch reads that this trainer did not write
+        raise ValueError(f"--resume: {path} is not a training checkpoint of sdtp train (it lacks {', '.join(missing)})")
     # A checkpoint written before a setting joined the identity cannot be checked for it: said, not refused (its
     # training would be lost).
     unchecked = [key for key in identity if key not in state["identity"]]

@@ -175,7 +175,8 @@ def add_commands(subparsers) -> None:
                             help=f"weight of the {name.split('_')[0]} term")
     losses.add_argument("--tau", type=float, default=_LOSS_DEFAULTS["tau"], help="Gumbel-softmax temperature")
     losses.add_argument("--rank-pairs", type=positive_int, default=_LOSS_DEFAULTS["rank_pairs"],
-                        help="ranking pairs per row and stage: all of them up to this many, sampled beyond")
+                        help="ranking pairs per row and stage: every ordered pair of its candidate tokens while "
+                        "there are at most this many, sampled beyond")
     run = train.add_argument_group("optimisation")
     run.add_argument("--max-steps", type=positive_int, default=_TRAIN_DEFAULTS["max_steps"],
                      help="optimisation steps")

@@ -90,33 +90,33 @@ def masked_mse(scores: torch.Tensor, saliency: torch.Tensor, candidates: torch.T
 
 
 def _pairs(
-    candidates: torch.Tensor, real: torch.Tensor, max_pairs: int,
-    generators: Optional[Sequence[Optional[torch.Generator]]],
+    candidates: torch.Tensor, max_pairs: int, generators: Optional[Sequence[Optional[torch.Generator]]],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(i, j, usable) [B, P] token pairs per row, in the row's own tokens (`real`): every ordered pair when
-    n * n <= max_pairs for its n tokens, else max_pairs pairs drawn uniformly (with replacement) among its candidates
-    from generators[b]. Per row, so that a row's pairs do not depend on what it is batched with."""
+    """(i, j, usable) [B, P] token pairs per row: every ordered pair of distinct candidates when a row has at most
+    max_pairs of them, else max_pairs pairs drawn uniformly (with replacement) among its candidates from
+    generators[b]. Per row and in the order of its candidates, so that a row's pairs do not depend on what it is
+    batched with or how it is padded."""
     rows = []
     for row in range(candidates.shape[0]):
-        columns = real[row].nonzero().squeeze(1)
-        n = columns.numel()
-        if n * n <= max_pairs:
-            grid = torch.arange(n, device=candidates.device)
-            i, j = grid.repeat_interleave(n), grid.repeat(n)
+        columns = candidates[row].nonzero().squeeze(1)
+        c = columns.numel()
+        if c * (c - 1) <= max_pairs:
+            grid = torch.arange(c, device=candidates.device)
+            i, j = grid.repeat_interleave(c), grid.repeat(c)
+            distinct = i != j
+            i, j = i[distinct], j[distinct]
         else:
-            weights = candidates[row, columns].float()
-            if not weights.any():
-                weights = torch.ones_like(weights)  # no candidates: any draw, all unusable
+            uniform = torch.ones(c, device=candidates.device)
             generator = generators[row] if generators is not None else None
-            i = torch.multinomial(weights, max_pairs, replacement=True, generator=generator)
-            j = torch.multinomial(weights, max_pairs, replacement=True, generator=generator)
+            i = torch.multinomial(uniform, max_pairs, replacement=True, generator=generator)
+            j = torch.multinomial(uniform, max_pairs, replacement=True, generator=generator)
         rows.append((columns[i], columns[j]))
     width = max(i.numel() for i, _ in rows)
     i, j, usable = (torch.zeros(len(rows), width, dtype=dtype, device=candidates.device)
                     for dtype in (torch.int64, torch.int64, torch.bool))
     for row, (row_i, row_j) in enumerate(rows):
         i[row, : row_i.numel()], j[row, : row_j.numel()] = row_i, row_j
-        usable[row, : row_i.numel()] = candidates[row, row_i] & candidates[row, row_j] & (row_i != row_j)
+        usable[row, : row_i.numel()] = row_i != row_j
     return i, j, usable
 
 
@@ -126,14 +126,12 @@ def ranking_loss(
     candidates: torch.Tensor,
     max_pairs: int,
     generators: Optional[Sequence[Optional[torch.Generator]]] = None,
-    real: Optional[torch.Tensor] = None,
     normalizer: Normalizer = _own_count,
 ) -> torch.Tensor:
     """The paper's pairwise ranking loss log(1 + exp(-(s_i - s_j) * sign(sal_i - sal_j))), averaged (not summed, so
-    that its scale does not grow with the sequence length) over candidate pairs with different saliency. `real`
-    [B, N]: each row's tokens (None: all); `generators`: one per row, for sampled pairs."""
-    real = torch.ones_like(candidates) if real is None else real
-    i, j, usable = _pairs(candidates, real, max_pairs, generators)
+    that its scale does not grow with the sequence length) over candidate pairs with different saliency.
+    `generators`: one per row, for sampled pairs."""
+    i, j, usable = _pairs(candidates, max_pairs, generators)
     order = torch.sign(saliency.gather(1, i) - saliency.gather(1, j))
     usable = usable & (order != 0)
     loss = F.softplus(-(scores.gather(1, i) - scores.gather(1, j)) * order)

@@ -87,7 +87,7 @@ class PredictorObjective(nn.Module):
             # The tokens this stage ranks at inference: alive before it, in the prompt, not protected.
             candidates = (alive[stage - 1] > 0.5) & batch.prompt_mask & ~protected
             mse.append(masked_mse(scores, saliency[stage - 1], candidates, self.normalizer))
-            rank.append(ranking_loss(scores, saliency[stage - 1], candidates, opts.rank_pairs, generators, real,
+            rank.append(ranking_loss(scores, saliency[stage - 1], candidates, opts.rank_pairs, generators,
                                      self.normalizer))
         prompt = batch.prompt_mask.float()
         kept = torch.stack([(a * prompt).sum(1) / prompt.sum(1) for a in alive[1:]])

@@ -48,7 +48,7 @@ class LossOptions:
     rank_weight: float = 1.0
     ratio_weight: float = 1.0
     tau: float = 1.0  # Gumbel-softmax temperature
-    rank_pairs: int = 16384  # per row and stage: all pairs up to this many, sampled beyond
+    rank_pairs: int = 16384  # per row and stage: all candidate pairs up to this many, sampled beyond
 
     def __post_init__(self) -> None:
         if self.task not in TASK_LOSSES:

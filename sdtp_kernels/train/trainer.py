@@ -80,7 +80,7 @@ def _unpruned_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def _check_marking(marking: SaliencyShards, config: SDTPConfig, stage_layers: list[int], num_records: int,
-                   options: Optional[SaliencyOptions]) -> SaliencyOptions:
+                   options: Optional[SaliencyOptions], max_length: Optional[int]) -> SaliencyOptions:
     """The saliency options `marking` was marked with, once it fits this run."""
     marked = SaliencyOptions.from_description(marking.index)
     if options is not None and options != marked:
@@ -93,6 +93,9 @@ def _check_marking(marking: SaliencyShards, config: SDTPConfig, stage_layers: li
             f"{marking.directory} was marked at the inputs of layers {marking.index['stage_layers']}, but this "
             f"schedule's stage layers are {stage_layers}; mark with the same --start-layer, --layer-step, --num-stages"
         )
+    if marking.index.get("max_length") != max_length:  # else a truncated record fails only when a batch reaches it
+        raise ValueError(f"{marking.directory} was marked with --max-length {marking.index.get('max_length')}, this "
+                         f"run has {max_length}; train with the marking's --max-length, or mark again")
     if len(marking) != num_records:
         raise ValueError(f"{marking.directory} marked {len(marking)} records, the training data has {num_records}")
     marked_config = marking.index.get("sdtp_config", {})
@@ -166,7 +169,8 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
     if options.saliency_dir is not None:
         marking = SaliencyShards(options.saliency_dir)
         stage_layers = options.sdtp.stage_layers(len(family_of(model).decoder_layers(model)))
-        saliency_options = _check_marking(marking, options.sdtp, stage_layers, len(examples), options.saliency)
+        saliency_options = _check_marking(marking, options.sdtp, stage_layers, len(examples), options.saliency,
+                                          options.max_length)
     order = BatchOrder(len(examples), options.batch_size, processes.world, processes.rank, options.seed)
 
     objective = PredictorObjective(model, options.sdtp, predictors, options.loss, normalizer=processes.mean)
@@ -190,7 +194,7 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
         "optimiser": {name: getattr(options, name)
                       for name in ("lr", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm")},
         "data": {"max_length": options.max_length, "text_field": options.text_field,
-                 "saliency": None if options.saliency is None else dataclasses.asdict(options.saliency),
+                 "saliency": dataclasses.asdict(saliency_options),  # in effect: given, the marking's or the default
                  "examples": examples_fingerprint(examples),
                  "marking": None if marking is None else marking_fingerprint(marking)},
         "model": {"dtype": options.dtype, "attention": options.attention, "weights": model_digest},
@@ -202,6 +206,9 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
+        if step > options.max_steps:
+            raise ValueError(f"--resume: the checkpoint in {out} is at step {step}, past --max-steps "
+                             f"{options.max_steps}; pass --max-steps {step} or more")
         for group in optimizer.param_groups:  # the checkpoint's lr follows its --max-steps, which may have changed
             group["lr"] = group["initial_lr"] * schedule(step)
     if processes.main:

@@ -33,6 +33,19 @@ def test_ranking_loss_sampled_pairs_estimate_all_pairs():
     assert ranking_loss(scores, saliency, nothing, max_pairs=100, generators=[g, g]).item() == 0
 
 
+def test_ranking_pairs_are_every_candidate_pair_once_while_they_fit():
+    # 200 tokens, 100 candidates: 9,900 ordered pairs fit in 16,384, although 200 * 200 do not.
+    candidates = torch.zeros(1, 200, dtype=torch.bool)
+    candidates[0, ::2] = True
+    i, j, usable = losses._pairs(candidates, 16384, [torch.Generator().manual_seed(0)])
+    pairs = {(a, b) for a, b in zip(i[usable].tolist(), j[usable].tolist())}
+    assert usable.all() and i.shape[1] == len(pairs) == 100 * 99
+    assert all(a % 2 == 0 and b % 2 == 0 and a != b for a, b in pairs)
+    # One more candidate than fits: sampled, max_pairs draws among the candidates only.
+    i, j, usable = losses._pairs(candidates, 100 * 99 - 1, [torch.Generator().manual_seed(0)])
+    assert i.shape[1] == 100 * 99 - 1 and bool((i % 2 == 0).all() and (j % 2 == 0).all())
+
+
 def test_masked_mse_compares_shapes_over_candidates_only():
     scores = torch.tensor([[1.0, 2.0, 3.0, 100.0], [0.0, 0.0, 5.0, 5.0]])
     saliency = torch.tensor([[-1.0, 0.0, 1.0, -50.0], [1.0, 1.0, 1.0, 1.0]])

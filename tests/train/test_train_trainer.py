@@ -20,7 +20,7 @@ from sdtp_kernels.train.checkpoint import load_checkpoint, save_checkpoint
 from sdtp_kernels.train.data import collate, read_examples
 from sdtp_kernels.train.lr import warmup_cosine
 from sdtp_kernels.train.objective import PredictorObjective
-from sdtp_kernels.train.options import LossOptions, TrainOptions
+from sdtp_kernels.train.options import LossOptions, SaliencyOptions, TrainOptions
 from sdtp_kernels.train.processes import MEASURED_FIELDS
 from sdtp_kernels.train.saliency import token_saliency
 
@@ -109,8 +109,11 @@ def test_resume_continues_exactly(workdir, tmp_path, monkeypatch):
 def test_a_resume_with_more_steps_follows_the_longer_schedule(workdir, tmp_path):
     out = tmp_path / "out"
     trainer.train(_options(workdir, out, max_steps=1))  # its cosine ends at lr 0
-    trainer.train(_options(workdir, out, max_steps=2, resume=True))
+    # The default saliency options, now given explicitly: the same run.
+    trainer.train(_options(workdir, out, max_steps=2, resume=True, saliency=SaliencyOptions()))
     assert [line["lr"] for line in _log(out)] == [1e-2, 1e-2 * warmup_cosine(1, 0, 2)] == [1e-2, 5e-3]
+    with pytest.raises(ValueError, match=r"checkpoint in .* is at step 2, past --max-steps 1; pass --max-steps 2"):
+        trainer.train(_options(workdir, out, max_steps=1, resume=True))
 
 
 def _refuses_another_model_or_data(workdir, resumed):
@@ -127,12 +130,16 @@ def _refuses_another_model_or_data(workdir, resumed):
 
 
 def test_a_checkpoint_from_before_a_setting_was_checked_resumes_with_a_warning(tmp_path):
-    save_checkpoint(str(tmp_path), {"identity": {"seed": 0}, "step": 2})
+    save_checkpoint(str(tmp_path), {"identity": {"seed": 0}, "step": 2, "predictors": {}, "optimizer": {},
+                                    "scheduler": {}})
     with pytest.warns(UserWarning, match="predates the check of loss"):
         assert load_checkpoint(str(tmp_path), {"seed": 0, "loss": {"task": "lm"}})["step"] == 2
     with pytest.raises(ValueError, match=r"different run \(seed: checkpoint 0, now 1\)"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         load_checkpoint(str(tmp_path), {"seed": 1, "loss": {"task": "lm"}})
+    save_checkpoint(str(tmp_path), {"weights": torch.zeros(2)})  # a file torch reads, not one sdtp train wrote
+    with pytest.raises(ValueError, match=r"not a training checkpoint of sdtp train \(it lacks identity, step, pre"):
+        load_checkpoint(str(tmp_path), {"seed": 0})
 
 
 def test_log_has_the_schedules_kept_fraction_and_a_gap_warns(workdir, tmp_path, monkeypatch):
@@ -209,6 +216,13 @@ def test_cli_mark_then_train(workdir, tmp_path, capsys):
     assert _sdtp("mark", *common, "--out", str(tmp_path / "abs"), "--absolute", "--normalization", "maxabs") == 0
     assert _sdtp("train", *train, "--out", str(tmp_path / "on_abs"), "--saliency", str(tmp_path / "abs")) == 0
     assert read_predictors(tmp_path / "on_abs").saliency_options() == {"absolute": True, "normalization": "maxabs"}
+    # Resumed with the marking's options given explicitly: the same run.
+    assert _sdtp("train", *train, "--out", str(tmp_path / "on_abs"), "--saliency", str(tmp_path / "abs"),
+                 "--absolute", "--normalization", "maxabs", "--resume") == 0
+    capsys.readouterr()
+    other_length = ["--out", str(tmp_path / "w"), "--saliency", str(tmp_path / "marks"), "--max-length", "30"]
+    assert _sdtp("train", *train, *other_length) == 2  # refused before the first step, not at a truncated record
+    assert "was marked with --max-length None, this run has 30" in capsys.readouterr().err
     with open(tmp_path / "bad.jsonl", "w") as f:
         f.write('{"input_ids": [1, 2]}\n{"tokens": [1, 2]}\n')
     assert _sdtp("mark", "--model", str(workdir / "model"), "--data", str(tmp_path / "bad.jsonl"),
