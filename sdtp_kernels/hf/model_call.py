@@ -7,6 +7,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from .cache_state import state_of
+
 
 def _is_dynamic(cache: Any) -> bool:
     from transformers.cache_utils import DynamicCache  # loaded by the model already; not at sdtp_kernels import
@@ -40,7 +42,8 @@ class ModelCall:
         return argument("cache") if argument("cache") is not None else argument("past_key_values")
 
     def inputs(self, args: tuple, kwargs: dict, pruning: bool) -> tuple[Optional[torch.Tensor], Any]:
-        """(attention_mask as a [batch, tokens] bool tensor or None, cache or None); `pruning`: SDTP is enabled."""
+        """(attention_mask as a [batch, tokens] bool tensor or None, cache or None); `pruning`: this call may prune
+        (SDTP is enabled with keep_ratio < 1)."""
         argument = self.arguments(args, kwargs)
         cache = self.cache(argument)
         if cache is not None and not _is_dynamic(cache):
@@ -54,6 +57,11 @@ class ModelCall:
             return None, cache
         mask = argument("attention_mask")
         if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+            state = None if cache is None else state_of(cache)
+            if not pruning and (state is None or not state.key_slots):
+                # Nothing pruned, now or in the cache: the unpatched forward runs, and the model serves the mask it
+                # was given (a 4D custom mask) itself.
+                return None, cache
             shape = f" of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else ""
             raise ValueError(
                 "SDTP needs attention_mask as the 2D padding mask [batch, tokens] (it builds each pruned layer's mask "

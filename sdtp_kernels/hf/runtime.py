@@ -257,6 +257,8 @@ class SDTPRuntime:
 
     def prunes(self, lengths: list[int], tails: list[int]) -> bool:
         """Whether a prefill of rows with these real lengths and protected tails would remove any token."""
+        if len(tails) != len(lengths):
+            raise ValueError(f"SDTP: {len(tails)} protected tails for {len(lengths)} rows; give one per row")
         return self.enabled and any(_Plan(self.config, lengths, tails, self.num_stages).active)
 
     def set_scorer(self, scorer: Scorer) -> Scorer:
@@ -324,7 +326,7 @@ class SDTPRuntime:
         positional = self._positional.pop(thread, None)
         if self._running.setdefault("thread", thread) != thread:  # atomic: one thread's forward at a time
             raise RuntimeError(_CONCURRENT)
-        padding_mask, cache = self._call.inputs(args, kwargs, self.enabled)
+        padding_mask, cache = self._call.inputs(args, kwargs, self.enabled and self.config.keep_ratio < 1)
         past = cache.get_seq_length() if cache is not None else 0
         self.forward = _Forward(self, padding_mask, past, positional)
 

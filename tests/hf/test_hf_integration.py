@@ -279,6 +279,17 @@ def test_unsupported_models_and_settings_raise_clear_errors():
     ids, _ = prompts()
     with pytest.raises(ValueError, match="2D padding mask"), torch.no_grad():
         model(ids, attention_mask=torch.ones(2, 1, PROMPT, PROMPT))
+    # A call that prunes nothing, over a cache without pruned layers, serves a 4D mask as the model does.
+    causal = torch.ones(2, 1, PROMPT, PROMPT, dtype=torch.bool).tril()
+    keep_all = apply_sdtp(tiny_model("llama"), PRUNING.replace(keep_ratio=1.0))
+    with torch.no_grad():
+        expected = tiny_model("llama")(ids, attention_mask=causal).logits
+        assert torch.equal(keep_all(ids, attention_mask=causal).logits, expected)
+        with sdtp_disabled(model):
+            assert torch.equal(model(ids, attention_mask=causal).logits, expected)
+        cache = output_cache(model(ids, use_cache=True))  # pruned: its layers need each row's padding mask
+        with sdtp_disabled(model), pytest.raises(ValueError, match="2D padding mask"):
+            model(ids[:, :1], attention_mask=torch.ones(2, 1, 1, PROMPT + 1, dtype=torch.bool), past_key_values=cache)
     with pytest.raises(NotImplementedError, match="needs a DynamicCache .*, got a StaticCache"):
         greedy(model, ids, None, cache_implementation="static")
     with sdtp_disabled(model):  # nothing pruned: a fixed-size cache serves

@@ -12,8 +12,8 @@ import torch
 from hf_tiny import PROMPT, PRUNING, prompts, tiny_model
 
 from sdtp_kernels.config import SDTPConfig
-from sdtp_kernels.hf import (apply_sdtp, key_positions, make_scorer, protected_tail, remove_sdtp, sdtp_disabled,
-                             sdtp_predictors, set_scorer)
+from sdtp_kernels.hf import (apply_sdtp, key_positions, make_scorer, prefill_prunes, protected_tail, remove_sdtp,
+                             sdtp_disabled, sdtp_predictors, set_scorer)
 from sdtp_kernels.hf.model_call import output_cache
 from sdtp_kernels.hf.scorers import Scorer
 
@@ -148,6 +148,23 @@ def test_arguments_that_would_index_kept_tokens_or_are_the_wrong_kind_are_refuse
             model(ids, attention_mask=mask)
     with pytest.raises(TypeError, match="'config_or_dir'"):
         apply_sdtp(tiny_model("llama"), {"keep_ratio": 0.5})
+
+    class DuckScorer:  # Scorer's methods, but not its subclass
+        name = "duck"
+
+        def bind(self, *args):
+            pass
+
+        def unbind(self):
+            pass
+
+        def score(self, stage, hidden, predictor, valid):
+            return hidden.sum(-1)
+
+    with pytest.raises(TypeError, match="scorer must be a name .* subclass of sdtp_kernels.hf.Scorer, got a Duck"):
+        make_scorer(DuckScorer())
+    with pytest.raises(ValueError, match="1 protected tails for 2 rows"):
+        prefill_prunes(model, [3, 200], tails=[0])
 
 
 def test_a_second_threads_forward_is_refused_while_one_runs():

@@ -19,6 +19,9 @@ def make_scorer(scorer: Union[str, Scorer], **options) -> Scorer:
         if options:
             raise ValueError(f"options {sorted(options)} are for a scorer named by string, not an instance")
         return scorer
+    if not isinstance(scorer, str):  # a scorer of one's own subclasses Scorer: its bind/unbind defaults are relied on
+        raise TypeError(f"scorer must be a name ({', '.join(SCORERS)}) or an instance of a subclass of "
+                        f"sdtp_kernels.hf.Scorer, got a {type(scorer).__name__}")
     if scorer not in SCORERS:
         raise ValueError(f"unknown scorer {scorer!r}; known scorers: {', '.join(SCORERS)}")
     return SCORERS[scorer](**options)
