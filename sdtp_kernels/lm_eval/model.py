@@ -136,13 +136,16 @@ class SDTPLM(HFLM):
         return lengths, tails
 
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
-        rows = self._rows(inps) if self._pruning and self._continuations else None
-        if rows is None:  # dense, or the harness probing how large a batch fits
+        if not self._pruning:
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
-        lengths, tails = rows
-        if not prefill_prunes(self.model, lengths, tails):  # the logits would keep the right-padded layout
+        rows = self._rows(inps) if self._continuations else None
+        # Dense: the harness probing how large a batch fits (batch_size=auto), whose rows are no request's: the
+        # dense call's [B, N, vocab] logits are what a pruned batch's scattered logits allocate too, and its layers
+        # run more tokens, so the size it finds fits. Or a batch that prunes nothing: its logits keep the layout.
+        if rows is None or not prefill_prunes(self.model, *rows):
             with sdtp_disabled(self.model):
                 return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        lengths, tails = rows
         width = inps.shape[1]
         mask = (torch.arange(width, device=inps.device)[None, :] < torch.tensor(lengths, device=inps.device)[:, None])
         with (torch.no_grad(), protected_tail(self.model, tails),

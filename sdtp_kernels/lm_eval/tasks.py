@@ -8,6 +8,7 @@ Both read the same local JSONL of the task's held-out prompts, as text in the re
 (`<bos> f14 <key> k25 v54 ... <query> k23`); the YAMLs point at it by absolute path."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Optional
 from ..eval.prompts import read_task
 from ..models import reference_model
 from ..tasks.retrieval import RetrievalTask
+from ..version import __version__
 
 TASKS = ("sdtp_retrieval", "sdtp_retrieval_mc")
 DEFAULT_COUNT = 500
@@ -73,15 +75,20 @@ def task_folder(folder: Optional[str | os.PathLike] = None, count: int = DEFAULT
     """The folder holding the two task YAMLs and their JSONL (the first `count` held-out prompts), written if it
     does not hold them yet; pass it to the harness as --include_path (or TaskManager(include_path=...))."""
     folder = Path(folder) if folder is not None else default_folder()
+    data = (folder / "sdtp_retrieval.jsonl").resolve()
+    task_file = reference_model() / "task.json"
+    # What the files were written from: another task, package or folder (the YAMLs name the JSONL by its absolute
+    # path) writes them again.
+    written_from = {"count": count, "task": hashlib.sha256(task_file.read_bytes()).hexdigest(),
+                    "version": __version__, "data": str(data)}
     stamp = folder / "complete.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == {"count": count}:
+    if stamp.exists() and json.loads(stamp.read_text()) == written_from:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    data = (folder / "sdtp_retrieval.jsonl").resolve()
     with open(data, "w") as f:
         for record in _records(count):
             f.write(json.dumps(record) + "\n")
     for name, template in zip(TASKS, (_GENERATION, _CHOICE)):
         (folder / f"{name}.yaml").write_text(f"task: {name}\n" + template.format(data=data))
-    stamp.write_text(json.dumps({"count": count}))
+    stamp.write_text(json.dumps(written_from))
     return folder

@@ -1,6 +1,9 @@
 """The harness model `sdtp` (lm-evaluation-harness 0.4.13) on the reference model: log-likelihoods under pruning
 equal the masked simulation's on the same kept set, the retrieval tasks give `sdtp eval`'s numbers, batch sizes
 agree, sdtp=off is the harness's own hf model, and perplexity tasks are refused."""
+import json
+import shutil
+
 import pytest
 import torch
 from lm_eval import simple_evaluate
@@ -24,6 +27,20 @@ pytestmark = pytest.mark.slow
 def tasks(tmp_path_factory):
     folder = task_folder(tmp_path_factory.mktemp("tasks"), count=24)
     return TaskManager(include_path=str(folder), include_defaults=False)  # the harness's own tasks: not needed
+
+
+def test_the_task_folder_is_written_again_when_moved_or_stale(tmp_path):
+    first = task_folder(tmp_path / "a", count=3)
+    written = (first / "sdtp_retrieval.yaml").stat().st_mtime_ns
+    assert task_folder(first, count=3) == first and (first / "sdtp_retrieval.yaml").stat().st_mtime_ns == written
+    moved = tmp_path / "b"
+    shutil.copytree(first, moved)  # its YAMLs still name a/'s JSONL, by absolute path
+    for name in ("sdtp_retrieval.yaml", "sdtp_retrieval_mc.yaml"):
+        assert str((moved / "sdtp_retrieval.jsonl").resolve()) in (task_folder(moved, count=3) / name).read_text()
+    stamp = json.loads((moved / "complete.json").read_text())
+    (moved / "complete.json").write_text(json.dumps({**stamp, "task": "another task.json"}))
+    (moved / "sdtp_retrieval.jsonl").write_text("")
+    assert len((task_folder(moved, count=3) / "sdtp_retrieval.jsonl").read_text().splitlines()) == 3
 
 
 def _evaluate(tasks, model="sdtp", limit=24, batch_size=8, **args):
@@ -70,6 +87,29 @@ def test_a_batch_that_no_stage_prunes_scores_as_the_dense_model(keep_ratio):
         scores[name] = [score for score, _ in lm.loglikelihood(requests, disable_tqdm=True)]
     assert scores["sdtp4"] == pytest.approx(scores["dense"], abs=1e-4)
     assert scores["sdtp1"] == pytest.approx(scores["dense"], abs=1e-4)
+
+
+def test_batch_size_auto_probes_with_the_dense_forward(monkeypatch):
+    """The harness sizes batches by calling the model on rows of no request: that probe runs dense, whose logits
+    cover every position as a pruned batch's scattered logits do (pruned, it would cover only the kept tokens, and
+    the size it found could overflow on a real batch)."""
+    lm = SDTPLM(pretrained=REFERENCE, keep_ratio=0.7, batch_size="auto", max_batch_size=4, dtype="float32")
+    calls = []
+    model_call = SDTPLM._model_call
+
+    def recorded(self, inps, attn_mask=None, labels=None):
+        logits = model_call(self, inps, attn_mask=attn_mask, labels=labels)
+        calls.append((self._rows(inps) is None, tuple(inps.shape[:2]), tuple(logits.shape[:2])))
+        return logits
+
+    monkeypatch.setattr(SDTPLM, "_model_call", recorded)
+    texts = [lm.tokenizer.decode(p.input_ids) for p in task_prompts(f"{REFERENCE}/task.json", 4)]
+    requests = [Instance("loglikelihood", {}, (text, " v17"), i) for i, text in enumerate(texts)]
+    scores = [score for score, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+    assert any(probe for probe, _, _ in calls) and any(not probe for probe, _, _ in calls)
+    assert all(shape == logits for _, shape, logits in calls)
+    fixed = SDTPLM(pretrained=REFERENCE, keep_ratio=0.7, batch_size=4, dtype="float32")
+    assert scores == pytest.approx([score for score, _ in fixed.loglikelihood(requests, disable_tqdm=True)], abs=1e-5)
 
 
 def test_the_retrieval_tasks_give_sdtp_evals_numbers_and_batch_sizes_agree(tasks):
