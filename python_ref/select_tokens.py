@@ -33,7 +33,12 @@ def select_tokens(scores, keep, valid=None, num_sink=4, num_local=0, width=None)
     group[valid & nan] = 2
     group[valid & ~nan] = 1
     group[protected] = 0
-    by_score = torch.where(group == 1, s + 0.0, torch.zeros_like(s))  # + 0.0 folds -0.0 into +0.0
+    # Ranked by an integer key of the float's bits, which orders as the floats do with -0.0 == +0.0: float compares
+    # would fold subnormal scores into zero under torch.set_flush_denormal(True).
+    bits = s.view(torch.int32).long()
+    magnitude = bits & 0x7FFFFFFF
+    key = torch.where(bits < 0, -magnitude, magnitude)
+    by_score = torch.where(group == 1, key, torch.zeros_like(key))
     order = torch.sort(by_score, dim=1, descending=True, stable=True).indices
     order = order.gather(1, torch.sort(group.gather(1, order), dim=1, stable=True).indices)
     in_top = torch.arange(N, device=device).unsqueeze(0) < counts.unsqueeze(1)

@@ -9,8 +9,9 @@ clear error."""
 from __future__ import annotations
 
 import importlib.util
+import numbers
 import types
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -89,11 +90,19 @@ def saliency_score(
     return _ops().saliency_score(hidden, norm_weight, w1, b1, w2, b2, eps)
 
 
+def _not_bool(value: Any, name: str, op: str) -> Any:
+    """The schema's int arguments take True as 1: refused, by name."""
+    if isinstance(value, bool):
+        raise TypeError(f"sdtp.{op}: argument '{name}' must be an int, got {value!r}")
+    return value
+
+
 def _row_tensor(value: IntOrTensor, name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy's integers are Integral
         raise TypeError(f"sdtp.select_tokens: argument '{name}' must be an int or an integer tensor, got {value!r}")
+    value = int(value)
     if not 0 <= value < 2**63:
         raise ValueError(f"sdtp.select_tokens: argument '{name}' must be >= 0 and fit int64, got {value}")
     return torch.tensor(value, dtype=torch.int64)
@@ -116,10 +125,9 @@ def select_tokens(
     default K = max(counts), which on CUDA costs one device-to-host read. `check=False` (needs `width`): on CUDA,
     no device-to-host read to check device `keep` / `num_local` and `width`; the kernel asserts them instead
     (docs/ARCHITECTURE.md §3.4), for callers whose values are right by construction."""
-    if isinstance(num_sink, bool):  # the schema's int takes True as 1
-        raise TypeError(f"sdtp.select_tokens: argument 'num_sink' must be an int, got {num_sink!r}")
     return _ops().select_tokens(
-        scores, _row_tensor(keep, "keep"), valid, num_sink, _row_tensor(num_local, "num_local"), width, check=check
+        scores, _row_tensor(keep, "keep"), valid, _not_bool(num_sink, "num_sink", "select_tokens"),
+        _row_tensor(num_local, "num_local"), _not_bool(width, "width", "select_tokens"), check=check
     )
 
 
@@ -127,7 +135,7 @@ def compact(x: torch.Tensor, index: torch.Tensor, dim: int = 1, *, check: bool =
     """`out[b, ..., j, ...] = x[b, ..., index[b, j], ...]` along `dim`, zeros where index == -1. `check=False`: on
     CUDA, no device-to-host read of the index's range; the kernel asserts it instead (docs/ARCHITECTURE.md §3.4),
     for an index that is right by construction (select_tokens' own)."""
-    return _ops().compact(x, index, dim, check=check)
+    return _ops().compact(x, index, _not_bool(dim, "dim", "compact"), check=check)
 
 
 def compact_varlen(x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -1,4 +1,5 @@
 """Bad input raises a Python exception whose message names the offending argument; never a crash."""
+import numpy as np
 import pytest
 import torch
 
@@ -38,11 +39,13 @@ CASES = [
     ("num_local", lambda: sdtp_kernels.select_tokens(S, 2, num_local=-3)),
     ("num_sink", lambda: sdtp_kernels.select_tokens(S, 2, num_sink=-1)),
     ("num_sink", lambda: sdtp_kernels.select_tokens(S, 2, num_sink=True)),  # the schema's int would take it as 1
+    ("width", lambda: sdtp_kernels.select_tokens(S, 1, num_sink=0, width=True)),
     ("x", lambda: sdtp_kernels.compact(torch.randn(8), IDX)),  # wrong rank
     ("index", lambda: sdtp_kernels.compact(X, IDX.float())),  # float index
     ("index", lambda: sdtp_kernels.compact(X, IDX[:1])),  # mismatched B
     ("dim", lambda: sdtp_kernels.compact(X, IDX, dim=0)),
     ("dim", lambda: sdtp_kernels.compact(X, IDX, dim=3)),
+    ("dim", lambda: sdtp_kernels.compact(X, IDX, dim=True)),
     ("index", lambda: sdtp_kernels.compact_varlen(X, IDX.int())),
     ("hidden", lambda: score_with(hidden=torch.randn(3, 16).long())),
     ("hidden", lambda: score_with(hidden=torch.randn(3, 16).double())),
@@ -82,6 +85,12 @@ def test_fakes_raise_what_the_kernels_raise(name, call):
     with torch._subclasses.fake_tensor.FakeTensorMode(allow_non_fake_inputs=True):
         got = _raised(call)
     assert type(got) is type(expected) and str(got) == str(expected), (got, expected)
+
+
+def test_numpy_integers_are_ints():
+    expected = sdtp_kernels.select_tokens(S, 3, num_sink=1, num_local=1)
+    got = sdtp_kernels.select_tokens(S, np.int64(3), num_sink=np.int32(1), num_local=np.uint8(1))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
 def test_meta_tensors_are_checked():

@@ -54,6 +54,19 @@ def test_fixed_case(device):
     assert index.tolist() == [[0, 1, 3, 4, 9]] and counts.tolist() == [5]
 
 
+def test_subnormal_scores_rank_by_value_with_denormals_flushed():
+    """Kernel and reference rank by an integer key of the bits: float compares would fold subnormals into zero
+    under torch.set_flush_denormal(True), as they would under nvcc's -ftz."""
+    scores = torch.tensor([[0.0, -1e-45, 1e-45, 0.0, 2e-45]])
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        assert sdtp_kernels.select_tokens(scores, 2, num_sink=0)[0].tolist() == [[2, 4]]
+        assert python_ref.select_tokens(scores, 2, num_sink=0)[0].tolist() == [[2, 4]]
+    finally:
+        torch.set_flush_denormal(False)
+
+
 @pytest.mark.parametrize(
     "case",
     [
