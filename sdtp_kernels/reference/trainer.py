@@ -109,7 +109,7 @@ class ReferenceRun:
                                       "stop_reason": None}
         self.resumed = False
         if os.path.isfile(checkpoint_path(args.work_dir)) and not args.no_resume:
-            saved = load_checkpoint(args.work_dir, self.identity)
+            saved = load_checkpoint(args.work_dir, self.identity, ("model", "optimizer", "state", "torch_rng"))
             self.model.load_state_dict(saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])
             torch.set_rng_state(saved["torch_rng"])

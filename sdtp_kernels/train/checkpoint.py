@@ -4,12 +4,11 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_KEYS = ("identity", "step", "predictors", "optimizer", "scheduler")  # what a resume reads
 
 
 def checkpoint_path(out: str) -> str:
@@ -27,9 +26,9 @@ def save_checkpoint(out: str, state: dict[str, Any]) -> None:
     os.replace(path + ".tmp", path)
 
 
-def load_checkpoint(out: str, identity: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint in `out`, checked to belong to a run with this `identity` (the settings that fix what the run
-    computes: schedule, seed, global batch, data, losses, optimiser)."""
+def load_checkpoint(out: str, identity: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """The checkpoint in `out`, checked to hold `keys` (what the caller reads of it) and to belong to a run with this
+    `identity` (the settings that fix what the run computes: schedule, seed, global batch, data, losses, optimiser)."""
     path = checkpoint_path(out)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--resume: {out} holds no checkpoint ({CHECKPOINT_FILE}) to continue from")
@@ -37,9 +36,9 @@ def load_checkpoint(out: str, identity: dict[str, Any]) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # a file cut short or not a checkpoint
         raise ValueError(f"--resume: {path} is not a readable checkpoint ({e})") from None
-    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
-    if missing:  # a file torch reads that this trainer did not write
-        raise ValueError(f"--resume: {path} is not a training checkpoint of sdtp train (it lacks {', '.join(missing)})")
+    missing = [key for key in ("identity", *keys) if not isinstance(state, dict) or key not in state]
+    if missing:  # a file torch reads that another command or program wrote
+        raise ValueError(f"--resume: {path} is not a checkpoint of this command (it lacks {', '.join(missing)})")
     # A checkpoint written before a setting joined the identity cannot be checked for it: said, not refused (its
     # training would be lost).
     unchecked = [key for key in identity if key not in state["identity"]]

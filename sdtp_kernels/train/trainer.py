@@ -201,7 +201,8 @@ def _train(options: TrainOptions, processes: Processes) -> nn.Module:
     }
     step = 0
     if options.resume:
-        state = processes.from_main(lambda: load_checkpoint(out, identity))
+        state = processes.from_main(
+            lambda: load_checkpoint(out, identity, ("step", "predictors", "optimizer", "scheduler")))
         predictors.load_state_dict(state["predictors"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -197,7 +197,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path):
 
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(ValueError, match=f"--resume: {tmp_path / CHECKPOINT_FILE} is not a readable checkpoint"):
-        load_checkpoint(str(tmp_path), {})
+        load_checkpoint(str(tmp_path), {}, ["step"])
 
 
 def test_an_explicit_gpu_index_under_torchrun_must_be_the_local_ranks(monkeypatch):
