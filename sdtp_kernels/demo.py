@@ -134,11 +134,12 @@ def run_demo(model_dir: Path, predictors: Path | None, device: str, batch: int, 
                 out = generate()
             per_row = flops(model.config, tokens if pruning else [ids.shape[1]] * layers, new_tokens,
                             (width, stages) if pruning else (0, []))
+            prefill_flops, e2e_flops = (None, None) if per_row is None else (batch * per_row[0], batch * per_row[1])
             result[name] = {
                 "prefill_s": prefill_t["median_s"], "prefill_timings": prefill_t,
                 "e2e_s": e2e_t["median_s"], "e2e_timings": e2e_t,
                 "peak_mem_prefill": prefill_t["peak_mem"], "peak_mem_e2e": e2e_t["peak_mem"],
-                "flops_prefill": batch * per_row[0], "flops_e2e": batch * per_row[1],
+                "flops_prefill": prefill_flops, "flops_e2e": e2e_flops,  # None: a structure flops() does not model
                 "kept_per_stage": _kept_per_stage(model, ids) if pruning else [float(ids.shape[1])] * len(stages),
                 "correct": None if answers is None else (out[:, 0].cpu() == answers).float().mean().item(),
             }
@@ -150,6 +151,8 @@ def _table(r: dict) -> str:
     mib = 2**20
 
     def row(label, dense, sdtp, fmt, ratio=True):
+        if dense is None:  # FLOPs of a structure the formula does not model
+            return f"| {label:<28} | {'n/a':>21} | {'n/a':>21} | {'':>7} |"
         extra = f"{dense / sdtp:6.2f}x" if ratio and sdtp else ""
         return f"| {label:<28} | {fmt(dense):>21} | {fmt(sdtp):>21} | {extra:>7} |"
 
@@ -190,8 +193,9 @@ def _plot(r: dict, path: Path) -> None:
     left.step(layers, r["layer_tokens"], where="mid", label="SDTP")
     left.set(xlabel="decoder layer", ylabel="tokens per row", title="sequence length through the model", ylim=(0, None))
     left.legend()
-    metrics = [("prefill\nlatency", "prefill_s"), ("end-to-end\nlatency", "e2e_s"), ("prefill\nFLOPs", "flops_prefill"),
-               ("end-to-end\nFLOPs", "flops_e2e")]
+    metrics = [("prefill\nlatency", "prefill_s"), ("end-to-end\nlatency", "e2e_s")]
+    if r["dense"]["flops_prefill"] is not None:
+        metrics += [("prefill\nFLOPs", "flops_prefill"), ("end-to-end\nFLOPs", "flops_e2e")]
     x = range(len(metrics))
     right.bar([i - 0.2 for i in x], [1.0] * len(metrics), 0.4, label="dense")
     right.bar([i + 0.2 for i in x], [r["sdtp"][k] / r["dense"][k] for _, k in metrics], 0.4, label="SDTP")

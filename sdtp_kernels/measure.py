@@ -22,11 +22,15 @@ PEAK_MEM_METHOD = {
     "resident memory before it",
 }
 FLOPS_METHOD = (
-    "2 FLOPs per multiply-add of every matrix product: per decoder layer q/k/v/o projections and the gated MLP for "
-    "each token the layer holds, QK^T and AV over all query-key pairs (the full n x m product, as the paper's "
-    "Table 2 counts it, not the causal half), the LM head for each generated token, and for SDTP the predictors; "
-    "norms, activations and softmax are not counted"
+    "2 FLOPs per multiply-add of every matrix product: per decoder layer q/k/v/o projections and the MLP (gated: "
+    "three matrices; plain: two) for each token the layer holds, QK^T and AV over all query-key pairs (the full n x m "
+    "product, as the paper's Table 2 counts it, not the causal half), the LM head for each generated token, and for "
+    "SDTP the predictors; norms, activations and softmax are not counted. Dense decoder layers only: null for "
+    "mixture-of-experts and latent-attention models"
 )
+# Config fields of structures the formula does not model: routed experts, latent (low-rank) attention.
+_UNMODELLED = ("num_local_experts", "num_experts", "n_routed_experts", "kv_lora_rank", "q_lora_rank")
+_PLAIN_MLP = {"bloom", "phi", "starcoder2"}  # up and down projections only; the other supported models are gated
 
 
 def layer_tokens(sdtp: SDTPConfig, num_layers: int, length: int) -> list[int]:
@@ -35,13 +39,18 @@ def layer_tokens(sdtp: SDTPConfig, num_layers: int, length: int) -> list[int]:
     return [sdtp.kept_count(length, sum(s <= layer for s in stages)) for layer in range(num_layers)]
 
 
-def flops(config, tokens: list[int], new_tokens: int, predictor: tuple[int, list[int]] = (0, [])):
+def flops(config, tokens: list[int], new_tokens: int,
+          predictor: tuple[int, list[int]] = (0, [])) -> Optional[tuple[int, int]]:
     """(prefill, end to end) FLOPs of one prompt whose layers hold `tokens`; predictor = (hidden width, the
-    stage layers it scores before)."""
-    d, inter, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
-    head_dim = d // config.num_attention_heads
-    q_width, kv_width = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
-    per_token = 2 * (d * (q_width + 2 * kv_width) + q_width * d + 3 * d * inter)
+    stage layers it scores before). None for a model whose layers the formula does not model (FLOPS_METHOD)."""
+    if any(getattr(config, name, None) for name in _UNMODELLED):
+        return None
+    d, heads, vocab = config.hidden_size, config.num_attention_heads, config.vocab_size
+    head_dim = getattr(config, "head_dim", None) or d // heads  # Gemma, Qwen3: wider than d / heads
+    q_width, kv_width = heads * head_dim, (getattr(config, "num_key_value_heads", None) or heads) * head_dim
+    inter = getattr(config, "intermediate_size", None) or 4 * d  # BLOOM has none: 4 x wide
+    mlp = (2 if config.model_type in _PLAIN_MLP else 3) * d * inter
+    per_token = 2 * (d * (q_width + 2 * kv_width) + q_width * d + mlp)
     pairs = 2 * 2 * q_width  # QK^T and AV, per query-key pair
 
     def step(queries: list[int], keys: list[int]) -> int:

@@ -3,10 +3,39 @@ prompt length."""
 import json
 
 import pytest
-from hf_tiny import PRUNING, tiny_model
+import torch
+from hf_tiny import LAYERS, PRUNING, VOCAB, tiny_model
+from torch.utils.flop_counter import FlopCounterMode
 
 from sdtp_kernels.cli import main
 from sdtp_kernels.hf import apply_sdtp, save_sdtp
+from sdtp_kernels.measure import flops
+
+
+@pytest.mark.parametrize("name, overrides", [("llama", {}), ("qwen3", {"head_dim": 32}), ("gemma3", {"head_dim": 32}),
+                                             ("bloom", {}), ("phi3", {}), ("olmo2", {})])
+def test_analytic_flops_are_the_matrix_products_a_dense_forward_runs(name, overrides):
+    """flops() counts what torch's FLOP counter counts in an eager forward (full attention products, the last token's
+    LM head): head widths other than hidden / heads, BLOOM's plain 4 x MLP, fused QKV."""
+    model = tiny_model(name, "eager", **overrides).eval()
+    ids = torch.randint(3, VOCAB, (1, 24))
+    with FlopCounterMode(display=False) as counted, torch.no_grad():
+        model(ids, logits_to_keep=1, use_cache=False)
+    assert flops(model.config, [24] * LAYERS, 1)[0] == counted.get_total_flops()
+
+
+def test_demo_on_a_structure_flops_does_not_model(tmp_path, capsys):
+    """Mixture-of-experts layers: FLOPs are n/a in the table, null in the JSON, left out of the plot."""
+    model = tiny_model("mixtral", "sdpa")
+    model.save_pretrained(tmp_path / "model")
+    save_sdtp(apply_sdtp(model, PRUNING), tmp_path / "model" / "sdtp")
+    assert main(["demo", "--model", str(tmp_path / "model"), "--device", "cpu", "--batch", "1", "--context", "48",
+                 "--new-tokens", "2", "--repeats", "1", "--out", str(tmp_path / "out")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "n/a" in next(line for line in table if line.startswith("| prefill FLOPs (G)"))
+    result = json.loads((tmp_path / "out" / "demo.json").read_text())
+    assert result["dense"]["flops_prefill"] is None and result["sdtp"]["flops_e2e"] is None
+    assert (tmp_path / "out" / "demo.png").stat().st_size > 0
 
 
 def test_demo_on_a_local_checkpoint(tmp_path, capsys):
