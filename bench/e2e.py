@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import itertools
 import json
 import os
@@ -28,6 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sdtp_kernels.arguments import positive_int
 from sdtp_kernels.config import SDTPConfig
+from sdtp_kernels.files import utc_timestamp
 from sdtp_kernels.hf import apply_sdtp, sdtp_disabled
 from sdtp_kernels.hf.attention_backends import AVOID_CUDNN_ENV
 from sdtp_kernels.measure import (CLOCKS, FLOPS_METHOD, environment_variable, flops, highest_peak, interleaved,
@@ -332,7 +332,7 @@ def main() -> None:
         "rows": rows,
         "machine": machine(args.device),
         "provenance": provenance(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_timestamp(),
         "device": args.device,
         "preset": preset_name,
         "model": {**preset["model"], "dtype": str(preset["dtype"]), "attn_implementation": "sdpa"},

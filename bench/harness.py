@@ -8,7 +8,6 @@ for the generation variant, `sdtp eval`'s accuracy on the same prompts beside it
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -76,10 +75,13 @@ def main(argv=None) -> int:
     results["sdtp_eval_same_prompts"] = sdtp_eval_accuracy(model_dir, args.limit)
     from importlib.metadata import version
 
+    from sdtp_kernels.files import utc_timestamp
+
     results["config"] = {"model": model_dir, "documents": args.limit, "batch_size": args.batch_size, "runs": RUNS,
                          "lm_eval": version("lm_eval"), "torch": torch.__version__,
+                         "transformers": version("transformers"),
                          "command": "python bench/harness.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                         "date": utc_timestamp()}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

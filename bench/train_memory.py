@@ -16,7 +16,6 @@ what SDTP prunes). Random weights: memory and time depend on the shapes, not on 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -93,7 +92,10 @@ def main() -> None:
     from e2e import PRESETS, machine
 
     from sdtp_kernels.config import SDTPConfig
+    from sdtp_kernels.files import utc_timestamp
     from sdtp_kernels.measure import peak_mem_method
+
+    torch.set_num_threads(args.threads)  # what machine() records: the steps' own processes run with these
 
     result = {}
     for name, environment in ALLOCATORS.items():
@@ -125,7 +127,7 @@ def main() -> None:
         "peak_mem_method": peak_mem_method(args.device),
         "threads": args.threads,
         "machine": machine(args.device),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_timestamp(),
     })
     if args.out:
         with open(args.out, "w") as f:

@@ -10,7 +10,6 @@ Run in vLLM's environment (scripts/setup_vllm.sh), from outside the source tree:
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
@@ -27,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from e2e import PRESETS, build_model, plot_speedups  # noqa: E402  (the transformers benchmark's preset, model, plot)
 
 from sdtp_kernels.config import SDTPConfig  # noqa: E402
+from sdtp_kernels.files import utc_timestamp  # noqa: E402
 from sdtp_kernels.hf import apply_sdtp, save_sdtp  # noqa: E402
 from sdtp_kernels.measure import FLOPS_METHOD, flops, layer_tokens  # noqa: E402
 
@@ -108,7 +108,7 @@ def main() -> None:
         "rows": rows,
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "vllm": vllm.__version__, "torch": torch.__version__},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_timestamp(),
         "preset": "cpu", "model": PRESETS["cpu"]["model"], "dtype": "float32", "sdtp": sdtp.to_dict(),
         "timing": f"best of {args.repeats} generate(max_tokens=1) wall times after a warm-up, one engine per model, "
                   "enforce_eager, prefix caching and chunked prefill off",

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import sys
+from typing import Callable
 
 import torch
 
@@ -33,12 +37,24 @@ def non_negative_int(text: str) -> int:
 
 def non_negative_float(text: str) -> float:
     """argparse type: a finite number >= 0."""
+    return _float_in(text, 0.0, "a finite number >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _float_in(text, 0.0, "a finite number > 0")
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _float_in(text: str, minimum: float, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+        value = math.nan
+    if not minimum <= value < math.inf:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
 
 
@@ -50,6 +66,13 @@ def _int_at_least(text: str, minimum: int, what: str) -> int:
     if value < minimum:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
+
+
+def existing_file(text: str) -> str:
+    """argparse type: the path of a file that exists (checked as parsed, so that the error names the flag)."""
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"expected an existing file, got {text!r}")
+    return text
 
 
 def device_name(text: str) -> str:
@@ -67,3 +90,13 @@ def device_name(text: str) -> str:
         if parsed.index is not None and parsed.index >= count:
             raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA device(s)")
     return text
+
+
+def reporting_bad_input(prog: str, run: Callable[[], int]) -> int:
+    """run(), with bad input (data, files, options the parser could not check) ending in one line that names it and
+    exit status 2, as argparse's own errors do, instead of a traceback."""
+    try:
+        return run()
+    except (ValueError, FileNotFoundError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from .arguments import reporting_bad_input
 from .demo import add_commands as add_demo_command
 from .eval.cli import add_commands as add_eval_command
 from .reference.cli import add_commands as add_reference_command
@@ -34,11 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (ValueError, FileNotFoundError) as error:  # bad input (data, directories, options): its message only
-        print(f"sdtp {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    return reporting_bad_input(f"sdtp {args.command}", lambda: args.run(args))
 
 
 if __name__ == "__main__":

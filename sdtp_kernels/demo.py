@@ -52,7 +52,10 @@ def _prompts(model_dir: Path, batch: int, context: int | None, vocab_size: int, 
     if task_file.exists():
         from .eval.prompts import task_prompts
 
-        prompts = task_prompts(str(task_file), batch, seq_len=context)
+        try:
+            prompts = task_prompts(str(task_file), batch, seq_len=context)
+        except ValueError as error:  # a length the task cannot fill
+            raise ValueError(f"--context {context}: {error}") from None
         return torch.tensor([p.input_ids for p in prompts]), torch.tensor([p.answer for p in prompts])
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(1, vocab_size, (batch, context or 4096), generator=generator), None

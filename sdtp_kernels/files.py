@@ -3,6 +3,7 @@ whatever the umask; the files the commands write get the permissions the user's 
 strict JSON: Python's NaN and Infinity are not JSON, and many readers refuse them."""
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -39,6 +40,11 @@ def finite_or_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite_or_none(item) for item in value]
     return value
+
+
+def utc_timestamp() -> str:
+    """Now, as a result file records when it was measured: ISO 8601, UTC, to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def strict_json(value: Any, indent: Optional[int] = None) -> str:

@@ -28,9 +28,10 @@ import sys
 import torch
 from tqdm import tqdm
 
-from ..arguments import RawHelpFormatter
+from ..arguments import (RawHelpFormatter, existing_file, non_negative_float, non_negative_int, positive_int,
+                         reporting_bad_input)
 from ..config import SDTPConfig
-from ..files import strict_json
+from ..files import strict_json, utc_timestamp
 from ..hf import apply_sdtp, remove_sdtp, sdtp_predictors
 from ..hf.model_dir import load_causal_lm
 from ..predictor_file import read_predictors
@@ -105,22 +106,32 @@ def key_swap_stability(model, config: SDTPConfig, prompts: list[Prompt], origina
     return mean_spearman(lambda stage, saliency: saliency, marked)
 
 
+PROG = "python -m sdtp_kernels.eval.ceiling"
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=RawHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=RawHelpFormatter)
     parser.add_argument("--model", required=True, help="local model directory (the task's model)")
-    parser.add_argument("--task", required=True, help="retrieval task.json (its held-out prompts are used)")
+    parser.add_argument("--task", required=True, type=existing_file,
+                        help="retrieval task.json (its held-out prompts are used)")
     parser.add_argument("--predictors", default=None,
                         help="take the schedule and the saliency options from this save_sdtp directory")
     parser.add_argument("--absolute", action="store_true", help="absolute saliency (without --predictors)")
-    parser.add_argument("--count", type=int, default=256, help="held-out prompts measured")
-    parser.add_argument("--fit-count", type=int, default=1024, help="other held-out prompts the fits learn from")
-    parser.add_argument("--steps", type=int, default=600, help="fitting steps (one batch of --batch-size prompts each)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of the fits")
-    parser.add_argument("--batch-size", type=int, default=32, help="prompts per fitting step")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fits and their batches")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0: torch's default")
+    parser.add_argument("--count", type=positive_int, default=256, help="held-out prompts measured")
+    parser.add_argument("--fit-count", type=positive_int, default=1024,
+                        help="other held-out prompts the fits learn from")
+    parser.add_argument("--steps", type=positive_int, default=600,
+                        help="fitting steps (one batch of --batch-size prompts each)")
+    parser.add_argument("--lr", type=non_negative_float, default=3e-3, help="learning rate of the fits")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="prompts per fitting step")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the fits and their batches")
+    parser.add_argument("--threads", type=non_negative_int, default=0, help="CPU threads; 0: torch's default")
     parser.add_argument("--out", required=True, help="JSON file to write")
     args = parser.parse_args(argv)
+    return reporting_bad_input(PROG, lambda: _measure(args, argv))
+
+
+def _measure(args: argparse.Namespace, argv) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config, options = SDTPConfig(), SaliencyOptions(absolute=args.absolute)
@@ -147,8 +158,9 @@ def main(argv=None) -> int:
         "prompts": args.count,
         "fit_prompts": args.fit_count,
         "fit_steps": args.steps,
-        "command": "python -m sdtp_kernels.eval.ceiling " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": PROG + " " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
+        "date": utc_timestamp(),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

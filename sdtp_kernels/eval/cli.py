@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from ..arguments import HelpFormatter, device_name, non_negative_int, positive_int
+from ..arguments import HelpFormatter, device_name, existing_file, non_negative_int, positive_int
 from ..files import strict_json
 from ..predictor_file import read_predictors
 from ..train.options import SaliencyOptions
@@ -111,8 +111,9 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--predictors", required=True, help="directory written by save_sdtp / `sdtp train`")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="JSONL records with `input_ids` (prompt) and `answer` (next token)")
-    source.add_argument("--task", help="a retrieval task.json (e.g. sdtp_kernels/models/reference/task.json): its "
-                        "held-out prompts")
+    source.add_argument("--task", type=existing_file,
+                        help="a retrieval task.json (e.g. sdtp_kernels/models/reference/task.json): its held-out "
+                        "prompts")
     parser.add_argument("--out", required=True, help="results JSON (e.g. bench/results/quality.json)")
     parser.add_argument("--plot", default=None, help="bar chart PNG (None: no plot)")
     parser.add_argument("--keep-ratios", type=_ratios, default=",".join(map(str, DEFAULT_KEEP_RATIOS)),

@@ -1,7 +1,6 @@
 """The quality report: the results JSON (`results_json`), its Markdown table and its bar chart."""
 from __future__ import annotations
 
-import datetime
 import math
 import os
 import platform
@@ -9,6 +8,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..files import utc_timestamp
 from .quality import METHODS
 
 
@@ -46,7 +46,7 @@ def results_json(pruning: dict[str, Any], spearman_result: Optional[dict[str, An
         "config": config,
         "command": command,
         "machine": machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_timestamp(),
     }
 
 

@@ -272,19 +272,26 @@ def read_jsonl(path: str | os.PathLike) -> list[RetrievalExample]:
         return [RetrievalExample.from_record(json.loads(line)) for line in f if line.strip()]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """``python -m sdtp_kernels.tasks.retrieval --out FILE.jsonl --count N [--seed S] [--seq-len L] ...``"""
     import argparse
 
-    p = argparse.ArgumentParser(description=main.__doc__)
+    from ..arguments import existing_file, non_negative_int, positive_int, reporting_bad_input
+
+    prog = "python -m sdtp_kernels.tasks.retrieval"
+    p = argparse.ArgumentParser(prog=prog, description=main.__doc__)
     p.add_argument("--out", required=True)
-    p.add_argument("--count", type=int, default=1000)
-    p.add_argument("--start", type=int, default=0)
-    p.add_argument("--task-json",
+    p.add_argument("--count", type=positive_int, default=1000)
+    p.add_argument("--start", type=non_negative_int, default=0)
+    p.add_argument("--task-json", type=existing_file,
                    help="take the generator settings from a task.json (e.g. sdtp_kernels/models/reference/task.json)")
-    for f in dataclasses.fields(RetrievalTaskConfig):
+    for f in dataclasses.fields(RetrievalTaskConfig):  # checked by RetrievalTaskConfig
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
     a = p.parse_args(argv)
+    return reporting_bad_input(prog, lambda: _write(a))
+
+
+def _write(a) -> int:
     base = RetrievalTaskConfig()
     if a.task_json:
         with open(a.task_json) as fh:
@@ -295,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     task = RetrievalTask(base, **over)
     n = write_jsonl(a.out, task.examples(a.start, a.count), task.config)
     print(f"wrote {n} examples to {a.out} (vocab_size={task.vocab_size}, seq_len={task.config.seq_len})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -8,7 +8,7 @@ import json
 import os
 from typing import Optional
 
-from ..arguments import HelpFormatter, device_name, non_negative_float, non_negative_int, positive_int
+from ..arguments import HelpFormatter, device_name, non_negative_float, non_negative_int, positive_float, positive_int
 from ..config import SDTPConfig
 from .options import (ATTENTIONS, DTYPE_ALIASES, DTYPES, LR_SCHEDULES, NORMALIZATIONS, TASK_LOSSES, LossOptions,
                       SaliencyOptions, TrainOptions)
@@ -121,9 +121,6 @@ def _run_mark(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from .trainer import train
 
-    if args.dry_run:
-        return _dry_run(args, args.batch_size * int(os.environ.get("WORLD_SIZE", "1")))
-
     loss = LossOptions(**{name: getattr(args, name) for name in _LOSS_DEFAULTS})
     options = TrainOptions(
         model=args.model, data=args.data, out=args.out, sdtp=_config(args), loss=loss, saliency=_saliency(args),
@@ -134,6 +131,8 @@ def _run_train(args: argparse.Namespace) -> int:
             "save_every", "resume", "seed",
         )},
     )
+    if args.dry_run:  # after the options, whose checks it makes too
+        return _dry_run(args, args.batch_size * int(os.environ.get("WORLD_SIZE", "1")))
     train(options)
     if os.environ.get("RANK", "0") == "0":  # one line from a torchrun job, not one per process
         print(f"trained predictors written to {args.out} (load with sdtp_kernels.hf.apply_sdtp(model, {args.out!r}))")
@@ -173,14 +172,14 @@ def add_commands(subparsers) -> None:
     for name in ("task_weight", "mse_weight", "rank_weight", "ratio_weight"):
         losses.add_argument(_flag(name), type=non_negative_float, default=_LOSS_DEFAULTS[name],
                             help=f"weight of the {name.split('_')[0]} term")
-    losses.add_argument("--tau", type=float, default=_LOSS_DEFAULTS["tau"], help="Gumbel-softmax temperature")
+    losses.add_argument("--tau", type=positive_float, default=_LOSS_DEFAULTS["tau"], help="Gumbel-softmax temperature")
     losses.add_argument("--rank-pairs", type=positive_int, default=_LOSS_DEFAULTS["rank_pairs"],
                         help="ranking pairs per row and stage: every ordered pair of its candidate tokens while "
                         "there are at most this many, sampled beyond")
     run = train.add_argument_group("optimisation")
     run.add_argument("--max-steps", type=positive_int, default=_TRAIN_DEFAULTS["max_steps"],
                      help="optimisation steps")
-    run.add_argument("--lr", type=float, default=_TRAIN_DEFAULTS["lr"], help="peak learning rate")
+    run.add_argument("--lr", type=positive_float, default=_TRAIN_DEFAULTS["lr"], help="peak learning rate")
     run.add_argument("--weight-decay", type=non_negative_float, default=_TRAIN_DEFAULTS["weight_decay"],
                      help="AdamW weight decay")
     run.add_argument("--max-grad-norm", type=non_negative_float, default=_TRAIN_DEFAULTS["max_grad_norm"],

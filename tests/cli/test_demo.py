@@ -80,6 +80,11 @@ def test_a_context_past_the_models_positions_is_refused(tmp_path, capsys):
     assert "--context 4096 exceeds the 256 positions" in capsys.readouterr().err
 
 
+def test_a_context_too_short_for_the_task_names_the_flag(capsys):
+    assert main(["demo", "--device", "cpu", "--batch", "1", "--context", "16"]) == 2
+    assert "sdtp demo: error: --context 16: seq_len=16 too short" in capsys.readouterr().err
+
+
 def test_a_context_past_the_trained_length_warns(tmp_path):
     from sdtp_kernels.demo import check_context
 

@@ -20,3 +20,15 @@ def test_saliency_ceiling_writes_its_json(tmp_path):
     for name, per_stage in results["spearman_per_stage"].items():
         assert len(per_stage) == 3 and all(-1 <= v <= 1 for v in per_stage), name
     assert results["prompts"] == 6 and results["saliency"]["sign"]
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    reference = reference_model()
+    with pytest.raises(SystemExit):
+        main(["--model", str(reference), "--task", str(tmp_path / "none.json"), "--out", str(tmp_path / "o")])
+    assert "argument --task: expected an existing file" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path), "--task", str(reference / "task.json"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith(f"python -m sdtp_kernels.eval.ceiling: error: --model {tmp_path}")
+    with pytest.raises(SystemExit):
+        main(["--model", str(reference), "--task", str(reference / "task.json"), "--steps", "-1", "--out", "o"])
+    assert "argument --steps: expected a positive integer, got '-1'" in capsys.readouterr().err

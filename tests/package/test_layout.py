@@ -15,8 +15,8 @@ PACKAGE = ROOT / "sdtp_kernels"
 
 # Lower layers never import higher ones: ops -> config/predictor -> hf -> train -> eval -> demo/reference -> cli.
 LAYERS = {
-    "version": 0, "ops": 0, "op_fakes": 0, "tasks": 0,
-    "": 1, "arguments": 1, "files": 1, "config": 1, "predictor": 1, "predictor_file": 1, "measure": 1, "models": 1,
+    "version": 0, "ops": 0, "op_fakes": 0, "tasks": 0, "arguments": 0,
+    "": 1, "files": 1, "config": 1, "predictor": 1, "predictor_file": 1, "measure": 1, "models": 1,
     "devices": 1,
     "hf": 2,
     "train": 3,

@@ -108,8 +108,19 @@ def test_jsonl_round_trip(tmp_path):
 
 def test_cli_writes_jsonl(tmp_path):
     out = tmp_path / "d.jsonl"
-    retrieval_main(["--out", str(out), "--count", "3", "--seq-len", "80", "--n-pairs", "2", "--n-queries", "2",
-                    "--seed", "9"])
+    assert retrieval_main(["--out", str(out), "--count", "3", "--seq-len", "80", "--n-pairs", "2", "--n-queries",
+                           "2", "--seed", "9"]) == 0
     recs = read_jsonl(out)
     ref = RetrievalTask(seq_len=80, n_pairs=2, n_queries=2, seed=9).examples(0, 3)
     assert [r.input_ids for r in recs] == [e.input_ids for e in ref]
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    assert retrieval_main(["--out", str(tmp_path / "d.jsonl"), "--seq-len", "10", "--n-pairs", "16"]) == 2
+    assert capsys.readouterr().err.startswith("python -m sdtp_kernels.tasks.retrieval: error: seq_len=10 too short")
+    with pytest.raises(SystemExit):
+        retrieval_main(["--out", str(tmp_path / "d.jsonl"), "--task-json", str(tmp_path / "none.json")])
+    assert "argument --task-json: expected an existing file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        retrieval_main(["--out", str(tmp_path / "d.jsonl"), "--count", "-3"])
+    assert "argument --count: expected a positive integer, got '-3'" in capsys.readouterr().err
