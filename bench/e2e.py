@@ -103,19 +103,25 @@ def device_allocations(device: str) -> int:
     return torch.cuda.memory_stats().get("segment.all.allocated", 0) if device == "cuda" else 0
 
 
-def prune_overhead(prefill, device: str) -> tuple[float, Optional[float]]:
-    """(seconds, span seconds) one pruned prefill spends in SDTP's "sdtp.prune" ranges (score, select, compact,
-    masks). On the CPU: the ranges' time, and no span. On CUDA: the device time of the kernels launched inside the
-    ranges, and the ranges' span on the GPU, which adds the gaps between those kernels. The profiler lists the two
-    as rows of the same name (device types CPU and CUDA); summed, they would count the same work twice."""
+def prune_overhead(prefill, device: str) -> tuple[float, Optional[float], float]:
+    """(seconds, span seconds, the prefill's wall seconds) one pruned prefill spends in SDTP's "sdtp.prune" ranges
+    (score, select, compact, masks), and how long that profiled prefill took, a share's denominator on the same clock
+    and under the same profiler. On the CPU: the ranges' wall time, and no span. On CUDA: the device time of the
+    kernels launched inside the ranges, and the ranges' span on the GPU, which adds the gaps between those kernels.
+    The profiler lists the two as rows of the same name (device types CPU and CUDA); summed, they would count the
+    same work twice."""
     with profiling(device) as profile:
+        start = time.perf_counter()
         prefill()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
     rows = [e for e in profile.key_averages() if e.key == "sdtp.prune"]
     on_cpu = [e for e in rows if e.device_type == DeviceType.CPU]
     if device != "cuda":
-        return sum(e.cpu_time_total for e in on_cpu) / 1e6, None
+        return sum(e.cpu_time_total for e in on_cpu) / 1e6, None, wall
     span = sum(e.device_time_total for e in rows if e.device_type == DeviceType.CUDA) / 1e6
-    return sum(e.device_time_total for e in on_cpu) / 1e6, span
+    return sum(e.device_time_total for e in on_cpu) / 1e6, span, wall
 
 
 # The operators that run attention in torch's SDPA, one per backend (cuDNN, FlashAttention, memory-efficient, math,
@@ -184,7 +190,9 @@ def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_
         dense_prefill, sdtp_prefill = min(dense_runs)[0], min(sdtp_runs)[0]
         dense_prefill_mem, sdtp_prefill_mem = highest_peak(dense_runs), highest_peak(sdtp_runs)
         dense_runs, sdtp_runs = dense_and_sdtp(model, prefill_new_length, device, repeats, clock)
-        dense_prefill_new, sdtp_prefill_new = min(dense_runs)[0], min(sdtp_runs)[0]
+        # Scaled to the context: the lengths fall call by call and dense, first in each round, gets the longer.
+        dense_prefill_new, sdtp_prefill_new = (min(t * context / n for (t, _), n in zip(runs, new_lengths[side::2]))
+                                               for side, runs in enumerate((dense_runs, sdtp_runs)))
         # A first generate at a new prompt length pays one-time costs (on an H200 SDTP's took ~9 s at 4K and at 16K
         # tokens where dense took 2.5 and 1.8 s, before its decoding avoided cuDNN attention, docs/ARCHITECTURE.md
         # §4.6; not seen on the CPU): dense and SDTP each at a fresh length of its own, so that neither reuses what
@@ -203,7 +211,7 @@ def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_
         (dense_e2e, _), (sdtp_e2e, _) = dense_runs[1], sdtp_runs[1]
         dense_mem, sdtp_mem = highest_peak(dense_runs), highest_peak(sdtp_runs)
         say(f"{context} tokens: the pruning overhead, one profiled prefill")
-        overhead, overhead_span = prune_overhead(prefill, device)
+        overhead, overhead_span, profiled_prefill = prune_overhead(prefill, device)
 
     dense_extra, sdtp_extra = dense_first[0] - dense_first[1], sdtp_first[0] - sdtp_first[1]
     layers = config.num_hidden_layers
@@ -218,6 +226,7 @@ def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_
         "sdtp_prefill_s": sdtp_prefill,
         "overhead_s": overhead,
         "overhead_span_s": overhead_span,
+        "overhead_profiled_prefill_s": profiled_prefill,
         "flops_dense": flops_dense,
         "flops_sdtp": flops_sdtp,
         "peak_mem_dense": dense_mem,
@@ -228,7 +237,7 @@ def run_context(model, sdtp: SDTPConfig, fresh: FreshLengths, context: int, new_
         "prefill_speedup_new_length": dense_prefill_new / sdtp_prefill_new,
         "new_length_prompt_tokens": new_lengths,
         "flops_ratio": flops_dense / flops_sdtp,
-        "overhead_share": overhead / sdtp_prefill,
+        "overhead_share": overhead / profiled_prefill,  # both wall time of one profiled prefill, whatever --clock
         "new_tokens": new_tokens,
         "dense_e2e_s": dense_e2e,
         "sdtp_e2e_s": sdtp_e2e,
@@ -338,11 +347,11 @@ def main() -> None:
         "model": {**preset["model"], "dtype": str(preset["dtype"]), "attn_implementation": "sdpa"},
         "sdtp": sdtp.to_dict(),
         "timing": f"best of {args.repeats} prefills, dense and SDTP interleaved (*_new_length: each at its own prompt "
-                  "length not run before); end-to-end: the second of two generates at the context each; *_first: "
-                  "one generate each at its own fresh prompt length (e2e_first_prompt_tokens), with one-time costs; "
-                  "*_first_call_extra_s: that first generate minus a second one at the same length; "
-                  "e2e_speedup_first: of the end-to-end times plus each side's first-call extra (one length); peak "
-                  "memory: the highest over the timed calls",
+                  "length not run before, its time scaled by context / length); end-to-end: the second of two "
+                  "generates at the context each; *_first: one generate each at its own fresh prompt length "
+                  "(e2e_first_prompt_tokens), with one-time costs; *_first_call_extra_s: that first generate minus a "
+                  "second one at the same length; e2e_speedup_first: of the end-to-end times plus each side's "
+                  "first-call extra (one length); peak memory: the highest over the timed calls",
         "clock": args.clock,
         "peak_mem_method": peak_mem_method(args.device),
         "flops_method": FLOPS_METHOD,

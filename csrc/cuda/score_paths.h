@@ -26,7 +26,7 @@ enum class ScorePath { kFused, kGemm };
 //         65536  bf16   2.320   1.195   1.173
 //        131072  bf16   5.233   2.280   2.287
 //         16384  fp32   5.287   3.004   2.979
-//    The gemm path was up to 1.2x slower than the unfused composition below 64K tokens, even with it from 64K on.
+//    The gemm path was up to 1.21x slower than the unfused composition below 64K tokens, even with it from 64K on.
 //    A profile at 4K tokens: cuBLAS 46 us, epilogue 28 us, fold 18 us, four dtype conversions of the small weights,
 //    160 us in all, so launches and latency-bound kernels, not the GEMM. Since then (not yet measured on a GPU): one
 //    launch prepares all the weights (score_weights.cu, was five), its loads and the epilogue's are batched.
