@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from sdtp_kernels.config import SDTPConfig
+from sdtp_kernels.hf import sdtp_predictors
 
 VOCAB, LAYERS, PROMPT, PAD = 128, 8, 40, 7
 # Stages before layers 2, 4 and 6 of 8: three stages, each layer group of a different length.
@@ -61,6 +62,14 @@ MODELS = {  # name: (model class, config class, config arguments)
                      "first_k_dense_replace": 1, "q_lora_rank": None, "kv_lora_rank": 16, "qk_rope_head_dim": 8,
                      "qk_nope_head_dim": 8, "v_head_dim": 16, "n_shared_experts": 1, **_MOE}),
 }
+# How each family with sliding-window attention gets windows of `w` tokens.
+WINDOWED = {
+    "mistral": lambda w: {"sliding_window": w},  # every layer
+    # as Qwen2 checkpoints set it: the layers from max_window_layers on slide (the config derives layer_types)
+    "qwen2": lambda w: {"use_sliding_window": True, "sliding_window": w, "max_window_layers": 4},
+    "gemma2": lambda w: {"sliding_window": w},  # sliding and full layers alternate
+    "gemma3": lambda w: {"sliding_window": w},  # five sliding layers to one full
+}
 EAGER_ONLY = ("bloom", "gemma2")  # BLOOM has no SDPA path; Gemma 2's soft-capping needs eager attention
 # (model, attention implementation)
 VARIANTS = [(m, a) for m in MODELS for a in ("eager", "sdpa") if not (m in EAGER_ONLY and a == "sdpa")]
@@ -76,6 +85,15 @@ def tiny_model(name: str, attn: str = "eager", seed: int = 0, **overrides):
     # Generate exactly max_new_tokens (no early stop on a random model's EOS); pad with 0.
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
+    return model
+
+
+def spread_predictors(model, scale: float = 1.0):
+    """Adds scale * N(0, 1) noise (torch's global generator) to the predictors of a patched model, so that its scores
+    spread over a wider range than a fresh initialisation gives them. Returns the model."""
+    with torch.no_grad():
+        for p in sdtp_predictors(model).parameters():
+            p.add_(scale * torch.randn_like(p))
     return model
 
 

@@ -3,6 +3,7 @@ physically pruned forward is checked against, with no native kernel on the simul
 import torch
 
 from python_ref import saliency_score, select_tokens
+from sdtp_kernels.hf import key_positions
 from sdtp_kernels.hf.masked import MaskedPruning, select_decide
 
 
@@ -28,3 +29,15 @@ def masked_generate(model, config, predictors, input_ids, attention_mask=None, *
     with MaskedPruning(model, config, reference_decide(config, predictors)) as sim:
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     return output, sim.alive
+
+
+def assert_kept_as_simulated(cache, alive):
+    """The token sets of a pruned cache (key_positions) are the simulation's alive prompt tokens, stage by stage; a
+    stage that pruned nothing (None) kept every real token."""
+    for stage, kept in enumerate(key_positions(cache), start=1):
+        for row, expected in enumerate(alive[stage]):
+            if kept is None:
+                assert torch.equal(expected, alive[0][row]), f"stage {stage} pruned nothing, the simulation did"
+            else:
+                got = kept[row][kept[row] >= 0]
+                assert torch.equal(got, expected.nonzero().squeeze(1)), f"stage {stage}, row {row} kept other tokens"

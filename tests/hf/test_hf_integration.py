@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 import torch
-from hf_tiny import DECODER, LAYERS, MODELS, PAD, PROMPT, PRUNING, VARIANTS, prompts, tiny_model
+from hf_tiny import DECODER, LAYERS, MODELS, PAD, PROMPT, PRUNING, VARIANTS, prompts, spread_predictors, tiny_model
 from masked_reference import masked_forward, masked_generate
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -184,10 +184,7 @@ def test_two_models_in_one_process_stay_independent():
 
 
 def test_save_and_apply_round_trip(tmp_path):
-    model = apply_sdtp(tiny_model("qwen3"), PRUNING)
-    with torch.no_grad():
-        for p in sdtp_predictors(model).parameters():
-            p.add_(torch.randn_like(p))
+    model = spread_predictors(apply_sdtp(tiny_model("qwen3"), PRUNING))
     ids, mask = prompts()
     tokens = greedy(model, ids, mask)
     save_dir = tmp_path / "predictors"

@@ -3,29 +3,19 @@ every layer or alternating with full layers, the pruned prefill and 32 decoded t
 that applies the same windows; a window longer than the prompt is full attention."""
 import pytest
 import torch
-from hf_tiny import PROMPT, PRUNING, prompts, tiny_model
-from masked_reference import masked_forward, masked_generate
+from hf_tiny import PROMPT, PRUNING, WINDOWED, prompts, spread_predictors, tiny_model
+from masked_reference import assert_kept_as_simulated, masked_forward, masked_generate
 
-from sdtp_kernels.hf import apply_sdtp, key_positions, sdtp_predictors
+from sdtp_kernels.hf import apply_sdtp, sdtp_predictors
 from sdtp_kernels.hf.model_call import output_cache
 
 WINDOW = 16
-WINDOWED = {  # how each family gets windows of 16 tokens
-    "mistral": {"sliding_window": WINDOW},  # every layer
-    # as Qwen2 checkpoints set it: the layers from max_window_layers on slide (the config derives layer_types)
-    "qwen2": {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 4},
-    "gemma2": {"sliding_window": WINDOW},  # sliding and full layers alternate
-    "gemma3": {"sliding_window": WINDOW},  # five sliding layers to one full
-}
 VARIANTS = [("mistral", "eager"), ("mistral", "sdpa"), ("qwen2", "sdpa"), ("gemma2", "eager"), ("gemma3", "sdpa")]
 
 
 def _model(name, attn, **overrides):
-    model = apply_sdtp(tiny_model(name, attn, **{**WINDOWED[name], **overrides}), PRUNING)
-    with torch.no_grad():
-        for p in sdtp_predictors(model).parameters():
-            p.add_(0.5 * torch.randn_like(p))
-    return model
+    return spread_predictors(apply_sdtp(tiny_model(name, attn, **{**WINDOWED[name](WINDOW), **overrides}), PRUNING),
+                             0.5)
 
 
 @pytest.mark.parametrize("name, attn", VARIANTS)
@@ -36,9 +26,7 @@ def test_pruned_prefill_with_a_short_window_equals_the_masked_simulation(name, a
     with torch.no_grad():
         pruned = model(ids, attention_mask=mask, use_cache=True)
     simulated, alive = masked_forward(model, PRUNING, sdtp_predictors(model), ids, mask, use_cache=True)
-    for stage, kept in enumerate(key_positions(output_cache(pruned)), start=1):
-        for row in range(ids.shape[0]):
-            assert torch.equal(kept[row][kept[row] >= 0], alive[stage][row].nonzero().squeeze(1))
+    assert_kept_as_simulated(output_cache(pruned), alive)
     torch.testing.assert_close(pruned.logits[:, -1], simulated.logits[:, -1], atol=1e-4, rtol=1e-4)
 
 
@@ -73,7 +61,7 @@ def test_a_window_longer_than_the_prompt_is_full_attention():
 def test_the_simulations_windows_are_transformers_own(name, attn):
     """Keeping every token, the masked simulation (whose masks replace transformers' own from start_layer on) gives
     the unpatched model's logits and tokens: its windows are the model's."""
-    plain, model = tiny_model(name, attn, **WINDOWED[name]), _model(name, attn)  # one seed: the same weights
+    plain, model = tiny_model(name, attn, **WINDOWED[name](WINDOW)), _model(name, attn)  # one seed: the same weights
     keep_all = PRUNING.replace(keep_ratio=1.0)
     ids, mask = prompts()
     with torch.no_grad():

@@ -3,7 +3,7 @@ batches included (what a harness log-likelihood needs); schedule overrides at ap
 import numpy as np
 import pytest
 import torch
-from hf_tiny import PROMPT, PRUNING, VOCAB, prompts, tiny_model
+from hf_tiny import PROMPT, PRUNING, VOCAB, prompts, spread_predictors, tiny_model
 from masked_reference import reference_decide
 
 from sdtp_kernels.hf import apply_sdtp, key_positions, protected_tail, save_sdtp, sdtp_config, sdtp_predictors
@@ -21,10 +21,7 @@ def _right_padded(batch: int = 3):
 
 @pytest.mark.parametrize("name, attn", [("llama", "eager"), ("llama", "sdpa"), ("qwen2", "sdpa"), ("bloom", "eager")])
 def test_tail_logits_equal_the_masked_simulation_on_right_padded_rows(name, attn):
-    model = apply_sdtp(tiny_model(name, attn), PRUNING)
-    with torch.no_grad():
-        for p in sdtp_predictors(model).parameters():
-            p.add_(torch.randn_like(p))
+    model = spread_predictors(apply_sdtp(tiny_model(name, attn), PRUNING))
     ids, mask = _right_padded()
     lengths, tails = mask.sum(1).tolist(), [7, 12, 1]
     with protected_tail(model, tails), torch.no_grad():
