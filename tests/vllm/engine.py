@@ -72,3 +72,8 @@ def _model_class(worker) -> str:
 def served_classes(llm) -> list[str]:
     """The class of the model each rank of the engine runs."""
     return llm.collective_rpc(_model_class)
+
+
+def preemptions(llm) -> float:
+    """Requests the engine has preempted so far (its stats need disable_log_stats=False)."""
+    return sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")

@@ -56,3 +56,14 @@ def write_exported_model(root, schedule: SDTPConfig = SCHEDULE, seed: int = 0, f
 def prompts(seed: int = 3):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
+
+
+# An engine of 5 KV blocks (128 tokens each on the CPU) and a batch that wants 8: four prompts that each fill most of
+# a block, then grow into a second, so that requests are preempted and recomputed.
+PREEMPTING_ENGINE = dict(num_gpu_blocks_override=5, max_model_len=512, disable_log_stats=False)
+
+
+def preempting_batch():
+    """(prompts, tokens to generate) that preempt requests in an engine started with PREEMPTING_ENGINE."""
+    batch = [p[:120] for p in prompts()[7:]] + [prompts()[7][100:220], prompts()[8][50:170]]
+    return batch, [20] * len(batch)
