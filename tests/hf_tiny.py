@@ -3,12 +3,18 @@ import torch
 from transformers import (
     BloomConfig,
     BloomForCausalLM,
+    Cohere2Config,
+    Cohere2ForCausalLM,
     DeepseekV2Config,
     DeepseekV2ForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
+    Glm4Config,
+    Glm4ForCausalLM,
+    GptOssConfig,
+    GptOssForCausalLM,
     GraniteConfig,
     GraniteForCausalLM,
     LlamaConfig,
@@ -27,6 +33,8 @@ from transformers import (
     Qwen3ForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
+    SmolLM3Config,
+    SmolLM3ForCausalLM,
 )
 
 from sdtp_kernels.config import SDTPConfig
@@ -61,6 +69,12 @@ MODELS = {  # name: (model class, config class, config arguments)
                     {**_ROPE, "num_key_value_heads": 4, "n_routed_experts": 4, "moe_intermediate_size": 32,
                      "first_k_dense_replace": 1, "q_lora_rank": None, "kv_lora_rank": 16, "qk_rope_head_dim": 8,
                      "qk_nope_head_dim": 8, "v_head_dim": 16, "n_shared_experts": 1, **_MOE}),
+    # Sliding (default window 128) and full layers alternate, a learned attention sink per head, MoE blocks.
+    "gpt_oss": (GptOssForCausalLM, GptOssConfig, {**_ROPE, "head_dim": 16, "num_local_experts": 4, **_MOE}),
+    # Three sliding layers (default window 4096) to one full layer without rotary; attention and MLP in parallel.
+    "cohere2": (Cohere2ForCausalLM, Cohere2Config, _ROPE),
+    "smollm3": (SmolLM3ForCausalLM, SmolLM3Config, _ROPE),  # every fourth layer without rotary (NoPE)
+    "glm4": (Glm4ForCausalLM, Glm4Config, {**_ROPE, "head_dim": 16}),  # rotary on half of each head, interleaved
 }
 # How each family with sliding-window attention gets windows of `w` tokens.
 WINDOWED = {
@@ -69,8 +83,11 @@ WINDOWED = {
     "qwen2": lambda w: {"use_sliding_window": True, "sliding_window": w, "max_window_layers": 4},
     "gemma2": lambda w: {"sliding_window": w},  # sliding and full layers alternate
     "gemma3": lambda w: {"sliding_window": w},  # five sliding layers to one full
+    "gpt_oss": lambda w: {"sliding_window": w},  # sliding and full layers alternate
+    "cohere2": lambda w: {"sliding_window": w},  # three sliding layers to one full
 }
-EAGER_ONLY = ("bloom", "gemma2")  # BLOOM has no SDPA path; Gemma 2's soft-capping needs eager attention
+# BLOOM has no SDPA path; Gemma 2's soft-capping needs eager attention; GPT-OSS's sinks have eager attention only.
+EAGER_ONLY = ("bloom", "gemma2", "gpt_oss")
 # (model, attention implementation)
 VARIANTS = [(m, a) for m in MODELS for a in ("eager", "sdpa") if not (m in EAGER_ONLY and a == "sdpa")]
 

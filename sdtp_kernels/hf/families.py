@@ -17,7 +17,8 @@ from .. import ops
 SUPPORTED_MODELS = (
     "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "BloomForCausalLM",
     "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM", "Olmo2ForCausalLM", "GraniteForCausalLM",
-    "MixtralForCausalLM", "Qwen3MoeForCausalLM", "DeepseekV2ForCausalLM",
+    "MixtralForCausalLM", "Qwen3MoeForCausalLM", "DeepseekV2ForCausalLM", "GptOssForCausalLM", "Cohere2ForCausalLM",
+    "SmolLM3ForCausalLM", "Glm4ForCausalLM",
 )
 _LAYER_TYPES = ("full_attention", "sliding_attention")
 _PER_LAYER_INPUTS = ("per_layer_input", "shared_kv_states")

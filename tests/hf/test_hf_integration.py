@@ -13,7 +13,15 @@ from hf_tiny import DECODER, LAYERS, MODELS, PAD, PROMPT, PRUNING, VARIANTS, pro
 from masked_reference import masked_forward, masked_generate
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from sdtp_kernels.hf import apply_sdtp, key_positions, remove_sdtp, save_sdtp, sdtp_disabled, sdtp_predictors
+from sdtp_kernels.hf import (
+    SUPPORTED_MODELS,
+    apply_sdtp,
+    key_positions,
+    remove_sdtp,
+    save_sdtp,
+    sdtp_disabled,
+    sdtp_predictors,
+)
 from sdtp_kernels.hf.model_call import output_cache
 
 torch.set_num_threads(1)
@@ -259,6 +267,11 @@ def test_router_logits_are_refused_in_a_prefill_that_prunes():
         model(ids, attention_mask=mask, output_router_logits=False)
         with sdtp_disabled(model):
             assert model(ids, attention_mask=mask).aux_loss is not None
+
+
+def test_the_models_named_supported_are_the_tested_families():
+    """SUPPORTED_MODELS (which the refusal below names) lists exactly the classes these tests run."""
+    assert sorted(SUPPORTED_MODELS) == sorted(cls.__name__ for cls, _, _ in MODELS.values())
 
 
 def test_unsupported_models_and_settings_raise_clear_errors():

@@ -10,7 +10,8 @@ from sdtp_kernels.hf import apply_sdtp, sdtp_predictors
 from sdtp_kernels.hf.model_call import output_cache
 
 WINDOW = 16
-VARIANTS = [("mistral", "eager"), ("mistral", "sdpa"), ("qwen2", "sdpa"), ("gemma2", "eager"), ("gemma3", "sdpa")]
+VARIANTS = [("mistral", "eager"), ("mistral", "sdpa"), ("qwen2", "sdpa"), ("gemma2", "eager"), ("gemma3", "sdpa"),
+            ("gpt_oss", "eager"), ("cohere2", "sdpa")]
 
 
 def _model(name, attn, **overrides):
