@@ -69,7 +69,7 @@ class Case:
         return cls(name, attn, window, config, ids, mask, r.randint(1, 8), seed, r)
 
     def model(self):
-        torch.manual_seed(self.seed)  # the predictors' noise
+        # tiny_model seeds torch's generator, which then also draws the predictors and their noise
         model = apply_sdtp(tiny_model(self.name, self.attn, seed=self.seed, **self.window), self.config)
         return spread_predictors(model, 0.5)
 
