@@ -45,7 +45,7 @@ class Case:
         r = random.Random(f"{test}/{name}/{attn}/{seed}")
         window = {}
         # Windows of one token are left out: transformers' own cached decoding disagrees with its uncached forward
-        # there (transformers 5.17 and 5.24).
+        # there (seen on transformers 5.24).
         if name in WINDOWED and r.random() < 0.6:
             window = WINDOWED[name](r.randint(2, 50))
         start, step = r.randint(1, LAYERS - 1), r.randint(1, 4)
@@ -67,6 +67,10 @@ class Case:
                 ids[row, column] = token = 1 + (token + r.randrange(VOCAB - 2)) % (VOCAB - 1)
             mask[row, width - length:] = 1
         return cls(name, attn, window, config, ids, mask, r.randint(1, 8), seed, r)
+
+    def tokens(self, count: int) -> torch.Tensor:
+        """[B, count] random tokens, drawn from the case's generator (for a continuation or a next turn)."""
+        return torch.tensor([[self.draw.randrange(1, VOCAB) for _ in range(count)] for _ in range(self.ids.shape[0])])
 
     def model(self):
         # tiny_model seeds torch's generator, which then also draws the predictors and their noise
@@ -148,19 +152,18 @@ def test_a_continuation_over_a_pruned_cache_equals_its_tokens_decoded_one_by_one
     """A multi-token forward over a pruned cache (a chat's next turn reusing the cache) runs as a decode of several
     tokens: the same logits as feeding them one at a time, and the same cache for the token after."""
     model = case.model()
-    g = torch.Generator().manual_seed(case.seed)
-    turn = torch.randint(1, VOCAB, (case.ids.shape[0], case.new_tokens), generator=g)
+    turn = case.tokens(case.new_tokens)
     mask = torch.cat([case.mask, torch.ones_like(turn)], 1)
     width = case.ids.shape[1]
     with torch.no_grad():
         at_once_cache = output_cache(model(case.ids, attention_mask=case.mask, use_cache=True))
-        one_by_one_cache = output_cache(model(case.ids, attention_mask=case.mask, use_cache=True))
+        one_by_one_cache = copy.deepcopy(at_once_cache)
         at_once = model(turn, attention_mask=mask, past_key_values=at_once_cache).logits
         one_by_one = torch.cat([
             model(turn[:, i:i + 1], attention_mask=mask[:, :width + i + 1], past_key_values=one_by_one_cache).logits
             for i in range(case.new_tokens)], 1)
         torch.testing.assert_close(at_once, one_by_one, atol=1e-4, rtol=1e-4)
-        last = torch.randint(1, VOCAB, (case.ids.shape[0], 1), generator=g)
+        last = case.tokens(1)
         mask = torch.cat([mask, torch.ones_like(last)], 1)
         torch.testing.assert_close(model(last, attention_mask=mask, past_key_values=at_once_cache).logits,
                                    model(last, attention_mask=mask, past_key_values=one_by_one_cache).logits,
@@ -176,7 +179,7 @@ def test_a_next_turn_generated_over_the_pruned_cache_equals_greedy_decoding_by_h
                                return_dict_in_generate=True)
         cache = output_cache(first)
         by_hand_cache = copy.deepcopy(cache)
-        turn = torch.tensor([[case.draw.randrange(1, VOCAB) for _ in range(3)] for _ in range(case.ids.shape[0])])
+        turn = case.tokens(3)
         sequence = torch.cat([first.sequences, turn], 1)
         mask = torch.cat([case.mask, torch.ones_like(first.sequences[:, case.ids.shape[1]:]), torch.ones_like(turn)], 1)
         got = model.generate(sequence, attention_mask=mask, past_key_values=cache, max_new_tokens=case.new_tokens,
